@@ -1,0 +1,3 @@
+"""cwboot: network-boot server for HPC clusters (see README.md and ../DESIGN)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from cwboot.cli import main
+
+raise SystemExit(main())
