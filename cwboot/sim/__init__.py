@@ -1,0 +1,1 @@
+"""Simulated peers for tests and benchmarks (BMCs speaking RMCP+/IPMI 2.0)."""
