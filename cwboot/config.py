@@ -82,6 +82,13 @@ class DhcpConfig:
     # Naming pool that enrolled nodes join.
     enrol_pool: str = "default"
     rcvbuf_bytes: int = 8 * 1024 * 1024
+    # Boot loaders by client architecture (option 93): BIOS, x86-64 UEFI ("ipxe.efi" or
+    # "snponly.efi"), arm64 UEFI. UEFI HTTP boot gets http://<head>/boot/loader/<name>.
+    bios_loader: str = "undionly.kpxe"
+    uefi_loader: str = "ipxe.efi"
+    arm64_loader: str = "ipxe-arm64.efi"
+    # proxyDHCP mode also answers PXE boot-server requests on this port (PXE spec 2.2.5).
+    proxy_port: int = 4011
 
 
 @dataclass
