@@ -33,6 +33,10 @@ class RevisionMismatch(StoreError):
     """A compare-on-revision failed: someone else changed the key first."""
 
 
+class LeaseExpired(StoreError):
+    """The lease does not exist (never granted, revoked, or its TTL ran out)."""
+
+
 class WatchCompacted(StoreError):
     """The watch's start revision is older than the store keeps; re-read everything."""
 
@@ -81,12 +85,22 @@ class WatchEvent:
 class Store(ABC):
     """Async key/value store. All methods are safe to call from concurrent trio tasks."""
 
+    # Largest transaction the backend accepts: compares and ops are each limited
+    # to max_txn_ops, and the encoded request (keys + values) to about
+    # max_txn_bytes. Callers that write in bulk (Objects.create_many) chunk by them.
+    max_txn_ops: int = 128
+    max_txn_bytes: int = 1 << 20
+
     @abstractmethod
     async def get(self, key: str) -> KeyValue | None: ...
 
     @abstractmethod
     async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
         """All keys under ``prefix`` (sorted) and the store revision the read saw."""
+
+    @abstractmethod
+    async def list_prefixes(self, prefixes: Sequence[str]) -> tuple[list[KeyValue], int]:
+        """``list`` of several prefixes, all read at the same revision (returned)."""
 
     @abstractmethod
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
@@ -98,6 +112,11 @@ class Store(ABC):
     ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
         """Events for keys under ``prefix`` from ``from_revision`` on, in revision order.
 
+        ``from_revision <= 0`` means "from the next change on". The events of
+        one revision are yielded back to back: the iterator only waits (hits a
+        trio checkpoint) between revisions, so a consumer that applies events
+        without awaiting never exposes half of a transaction.
+
         Raises WatchCompacted (on entering or while iterating) when
         ``from_revision`` is no longer available; the iterator may also end or
         raise StoreUnavailable when the connection is cut. Either way the caller
@@ -105,13 +124,16 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def grant_lease(self, ttl: int) -> int: ...
+    async def grant_lease(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; keys put with it vanish (delete events) when it expires."""
 
     @abstractmethod
-    async def refresh_lease(self, lease: int) -> None: ...
+    async def refresh_lease(self, lease: int) -> None:
+        """Restart the lease's TTL; LeaseExpired if it is gone."""
 
     @abstractmethod
-    async def revoke_lease(self, lease: int) -> None: ...
+    async def revoke_lease(self, lease: int) -> None:
+        """End the lease now, deleting its keys; a lease already gone is not an error."""
 
     @abstractmethod
     async def aclose(self) -> None: ...
@@ -137,3 +159,16 @@ class Store(ABC):
                 raise RevisionMismatch(f"{key} changed since revision {if_revision}")
             return await self.delete(key)
         return True
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with ``prefix`` ("" for the empty prefix: no end).
+
+    Keys compare as UTF-8 bytes (etcd) or code points (SQLite's BINARY
+    collation over UTF-8 text): both orders agree, so bumping the last
+    character works for either backend.
+    """
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return ""
+    return stripped[:-1] + chr(ord(stripped[-1]) + 1)
