@@ -1,0 +1,535 @@
+"""The HTTP boot engine: iPXE scripts, kernels, initramfs files and root filesystems, on trio.
+
+Machinery: h11 parses requests and writes response heads; bulk bodies go out
+with ``os.sendfile`` straight from the stored files to the socket (zero
+user-space copies; stored zstd frames are sent as they are, never
+recompressed). The head goes out with ``MSG_MORE`` so the kernel packs it
+with the first body bytes. Memory per connection is a few kilobytes whatever
+the image size: a stream is a walk over the manifest, one chunk file open at a
+time.
+
+URL layout (``GET`` and ``HEAD`` unless noted; docs/images.md has the details):
+
+    /boot/ipxe/{mac}                    iPXE script (mac as aa-bb-cc-dd-ee-ff)
+    /boot/loader/{file}                 iPXE loaders (ipxe.efi ...) for UEFI HTTP boot
+    /boot/kernel/{ref}                  stored file by id or alias
+    /boot/initramfs/{ref}               stored file by id or alias
+    /images/{name}/{version}/stream     concatenated zstd frames (version may be 'latest')
+    /images/{name}/{version}/manifest   JSON manifest
+    /images/{name}/{version}/manifest.txt   shell-friendly manifest (id raw zsize per line)
+    /chunks/{id}                        one stored zstd frame
+    POST /boot/status/{mac}             node stage report (form or JSON body) -> 204
+
+Every static answer has an ETag (content-addressed ids, or a hash of the
+manifest for streams) and honours If-None-Match (304) and single Range
+requests (206/416; cwboot.protocol.http_range). Streams and chunks count
+against ``http.max_streams``; beyond it the answer is ``503`` with
+``Retry-After`` (mount_rootfs waits that long plus jitter).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import http
+import json
+import os
+import re
+import socket as _socket
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import h11
+import trio
+import xxhash
+
+from cwboot.config import Config
+from cwboot.control.objects import InvalidObject, normalize_mac
+from cwboot.protocol import http_range, ipxe
+from cwboot.protocol.manifest import Manifest
+
+DEFAULT_LOADER_DIR = Path("/usr/lib/ipxe")
+IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may wait for its next request
+SEND_STALL_TIMEOUT = 60.0  # seconds a client may leave its receive window closed
+MAX_STATUS_BODY = 8192
+MAX_PENDING_REPORTS = 1024
+RETRY_AFTER = 2
+_SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ObjectLookup(Protocol):
+    """What the engine reads objects through (cwboot.control.cache.ObjectCache)."""
+
+    def node_by_mac(self, mac: str) -> dict[str, Any] | None: ...
+
+    def get(self, kind: str, ref: str) -> dict[str, Any] | None: ...
+
+
+class ImageSource(Protocol):
+    """What the engine reads bytes through (cwboot.control.images.ImageStore)."""
+
+    def resolve(self, name: str, version: str = "latest") -> Manifest | None: ...
+
+    def chunk_path(self, cid: str) -> Path | None: ...
+
+    def file_path(self, ref: str) -> Path | None: ...
+
+
+ReportStatus = Callable[[str, dict[str, str]], Awaitable[None]]
+
+
+@dataclass
+class HttpStats:
+    requests: int = 0
+    bytes_sent: int = 0
+    responses: collections.Counter[int] = field(default_factory=collections.Counter)
+    # reason -> count of requests or connections dropped/refused
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    active_streams: int = 0
+    connections: int = 0
+
+
+@dataclass
+class HttpServer:
+    address: str
+    port: int
+    stats: HttpStats
+
+
+class _FileBody:
+    """A static file sent with sendfile."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def pieces_for(self, start: int, stop: int) -> Iterable[tuple[Path | None, int, int]]:
+        return [(self.path, start, stop - start)]
+
+
+class _StreamBody(_FileBody):
+    """An image stream: the manifest's frames back to back, resolved to chunk files per range."""
+
+    def __init__(self, m: Manifest, images: ImageSource) -> None:
+        self.manifest = m
+        self.images = images
+        self.size = m.compressed_size
+
+    def pieces_for(self, start: int, stop: int) -> Iterable[tuple[Path | None, int, int]]:
+        for chunk, offset, length in self.manifest.slices(start, stop):
+            yield self.images.chunk_path(chunk.id), offset, length
+
+
+@dataclass
+class _Reply:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | _FileBody = b""
+    etag: bytes | None = None
+    bulk: bool = False  # counts against max_streams
+
+
+class _SendfileLength:
+    """h11's sendfile hook: a Data payload that only carries a length."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _text(status: int, text: str, ctype: bytes = b"text/plain; charset=utf-8") -> _Reply:
+    return _Reply(status, [(b"content-type", ctype)], text.encode())
+
+
+class _Engine:
+    def __init__(
+        self,
+        config: Config,
+        lookup: ObjectLookup,
+        images: ImageSource,
+        heads: Callable[[], Sequence[str]],
+        report_status: ReportStatus | None,
+        loader_dir: Path,
+    ) -> None:
+        self.config = config
+        self.lookup = lookup
+        self.images = images
+        self.heads = heads
+        self.report_status = report_status
+        self.loader_dir = loader_dir
+        self.stats = HttpStats()
+        self.max_streams = config.http.max_streams
+        self._etags: dict[tuple[str, str], tuple[Manifest, bytes]] = {}
+        self.reports: trio.MemorySendChannel[tuple[str, dict[str, str]]]
+        self.reports_rx: trio.MemoryReceiveChannel[tuple[str, dict[str, str]]]
+        self.reports, self.reports_rx = trio.open_memory_channel(MAX_PENDING_REPORTS)
+
+    # -- routing (pure with respect to the socket)
+
+    def route(
+        self, method: bytes, target: bytes, body: bytes, headers: dict[bytes, bytes]
+    ) -> _Reply:
+        path = urllib.parse.unquote(target.split(b"?", 1)[0].decode("latin-1"))
+        parts = path.strip("/").split("/")
+        if method == b"POST":
+            if len(parts) == 3 and parts[:2] == ["boot", "status"]:
+                return self._status(parts[2], body, headers.get(b"content-type", b""))
+            return _text(405, "method not allowed\n")
+        if method not in (b"GET", b"HEAD"):
+            return _text(405, "method not allowed\n")
+        match parts:
+            case ["boot", "ipxe", mac]:
+                return self._script(mac)
+            case ["boot", "loader", name] if _SAFE_FILE_RE.match(name):
+                return self._file(self.loader_dir / name, b"application/octet-stream")
+            case ["boot", ("kernel" | "initramfs"), ref]:
+                found = self.images.file_path(ref)
+                return self._file(
+                    found, b"application/octet-stream", etag_id=found.name if found else ""
+                )
+            case ["images", name, version, ("stream" | "manifest" | "manifest.txt") as what]:
+                return self._image(name, version, what)
+            case ["chunks", cid]:
+                found = self.images.chunk_path(cid)
+                reply = self._file(found, b"application/zstd", etag_id=cid)
+                reply.bulk = True
+                return reply
+        return _text(404, "not found\n")
+
+    def _script(self, mac_text: str) -> _Reply:
+        try:
+            mac = normalize_mac(mac_text)
+        except InvalidObject:
+            self.stats.drops["bad mac in script URL"] += 1
+            return _text(404, "bad MAC\n")
+        node = self.lookup.node_by_mac(mac)
+        if node is None:
+            return _text(404, "unknown node\n")
+        bc = self.lookup.get("boot_config", node.get("boot_config") or "default")
+        if bc is None or not bc.get("kernel"):
+            return _text(
+                200, ipxe.render_exit(mac, "no boot config with a kernel; next boot device")
+            )
+        version = ""
+        if bc.get("image"):
+            version = bc.get("image_version") or ""
+            if not version:
+                obj = self.lookup.get("image", bc["image"])
+                version = (obj or {}).get("latest", "")
+            if not version:
+                m = self.images.resolve(bc["image"], "latest")
+                version = m.version if m else ""
+            if not version:
+                return _text(503, f"image {bc['image']} has no published version\n")
+        try:
+            script = ipxe.render(ipxe.spec_for(mac, node, bc, version), list(self.heads()))
+        except ipxe.ScriptError as exc:
+            self.stats.drops["unsafe boot config"] += 1
+            return _text(500, f"cannot render a safe script: {exc}\n")
+        return _Reply(
+            200,
+            [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")],
+            script.encode(),
+        )
+
+    def _file(self, path: Path | None, ctype: bytes, *, etag_id: str = "") -> _Reply:
+        if path is None:
+            return _text(404, "not found\n")
+        try:
+            st = path.stat()
+        except OSError:
+            return _text(404, "not found\n")
+        if not os.path.isfile(path):
+            return _text(404, "not found\n")
+        etag = f'"{etag_id or f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"}"'.encode()
+        return _Reply(200, [(b"content-type", ctype)], _FileBody(path, st.st_size), etag)
+
+    def _image(self, name: str, version: str, what: str) -> _Reply:
+        m = self.images.resolve(name, version)
+        if m is None:
+            return _text(404, "no such image version\n")
+        if what == "manifest":
+            return _Reply(
+                200, [(b"content-type", b"application/json")], m.to_json(), self._manifest_etag(m)
+            )
+        if what == "manifest.txt":
+            return _Reply(
+                200, [(b"content-type", b"text/plain")], m.to_text(), self._manifest_etag(m) + b"t"
+            )
+        return _Reply(
+            200,
+            [(b"content-type", b"application/zstd")],
+            _StreamBody(m, self.images),
+            self._manifest_etag(m),
+            bulk=True,
+        )
+
+    def _manifest_etag(self, m: Manifest) -> bytes:
+        key = (m.name, m.version)
+        cached = self._etags.get(key)
+        if cached is None or cached[0] is not m:
+            cached = (m, f'"{xxhash.xxh3_64_hexdigest(m.to_json())}"'.encode())
+            self._etags[key] = cached
+        return cached[1]
+
+    def _status(self, mac_text: str, body: bytes, ctype: bytes) -> _Reply:
+        try:
+            mac = normalize_mac(mac_text)
+            fields = _status_fields_untrusted(body, ctype)
+        except (InvalidObject, ValueError):
+            self.stats.drops["bad status report"] += 1
+            return _text(400, "bad status report\n")
+        if self.report_status is not None:
+            try:
+                self.reports.send_nowait((mac, fields))
+            except trio.WouldBlock:
+                self.stats.drops["status reports backlog full"] += 1
+                return _text(503, "busy\n")
+        return _Reply(204, [])
+
+    async def report_loop(self) -> None:
+        assert self.report_status is not None
+        async for mac, fields in self.reports_rx:
+            try:
+                await self.report_status(mac, fields)
+            except Exception:  # a failing store write must not take the engine down
+                self.stats.drops["status callback failed"] += 1
+
+
+def _status_fields_untrusted(body: bytes, ctype: bytes) -> dict[str, str]:
+    """A status POST body (JSON object or form) -> {field: text}; ValueError otherwise."""
+    if len(body) > MAX_STATUS_BODY:
+        raise ValueError("status body too large")
+    text = body.decode("utf-8")
+    if ctype.split(b";")[0].strip() == b"application/json":
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("expected a JSON object")
+        items = doc.items()
+    else:
+        items = urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+    out: dict[str, str] = {}
+    for k, v in items:
+        if not isinstance(k, str) or not re.match(r"^[a-z][a-z0-9_]{0,31}$", k):
+            raise ValueError(f"bad field name {k!r}")
+        out[k] = str(v)[:512]
+    if len(out) > 32:
+        raise ValueError("too many fields")
+    return out
+
+
+class _Connection:
+    def __init__(self, engine: _Engine, sock: trio.socket.SocketType) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.sock.recv(65536)
+            self.h11.receive_data(data)
+
+    async def _sendall(self, data: bytes | memoryview, flags: int = 0) -> None:
+        view = memoryview(data)
+        while view:
+            with trio.fail_after(SEND_STALL_TIMEOUT):
+                sent = await self.sock.send(view, flags)
+            view = view[sent:]
+            self.engine.stats.bytes_sent += sent
+
+    async def run(self) -> None:
+        stats = self.engine.stats
+        try:
+            while True:
+                with trio.move_on_after(IDLE_TIMEOUT) as idle:
+                    event = await self._next_event()
+                if idle.cancelled_caught:
+                    stats.drops["idle keep-alive timeout"] += 1
+                    return
+                if isinstance(event, h11.ConnectionClosed):
+                    return
+                assert isinstance(event, h11.Request)
+                body = bytearray()
+                with trio.move_on_after(IDLE_TIMEOUT) as slow:
+                    while True:
+                        ev = await self._next_event()
+                        if isinstance(ev, h11.EndOfMessage):
+                            break
+                        if isinstance(ev, h11.ConnectionClosed):
+                            return
+                        body += ev.data
+                        if len(body) > MAX_STATUS_BODY:
+                            stats.drops["request body too large"] += 1
+                            await self._send_simple(_text(413, "too large\n"), event)
+                            return
+                if slow.cancelled_caught:
+                    stats.drops["slow request body"] += 1
+                    return
+                await self._respond(event, bytes(body))
+                if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+                    return
+                self.h11.start_next_cycle()
+        except h11.RemoteProtocolError:
+            stats.drops["malformed request"] += 1
+            try:
+                await self._send_simple(_text(400, "bad request\n"), None)
+            except (OSError, h11.LocalProtocolError, trio.TooSlowError):
+                pass
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+            stats.drops["connection error"] += 1
+        finally:
+            self.sock.close()
+
+    async def _send_simple(self, reply: _Reply, request: h11.Request | None) -> None:
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        assert isinstance(reply.body, bytes)
+        head = [
+            *reply.headers,
+            (b"content-length", str(len(reply.body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await self._sendall(
+            self.h11.send(
+                h11.Response(status_code=reply.status, headers=head, reason=_reason(reply.status))
+            )
+            or b""
+        )
+        if request is None or request.method != b"HEAD":
+            await self._sendall(self.h11.send(h11.Data(data=reply.body)) or b"")
+        await self._sendall(self.h11.send(h11.EndOfMessage()) or b"")
+
+    async def _respond(self, request: h11.Request, body: bytes) -> None:
+        engine = self.engine
+        engine.stats.requests += 1
+        headers = {k.lower(): v for k, v in request.headers}
+        reply = engine.route(request.method, request.target, body, headers)
+        admitted = False
+        if reply.bulk and reply.status == 200:
+            if engine.stats.active_streams >= engine.max_streams:
+                engine.stats.drops["max_streams reached (503)"] += 1
+                reply = _text(503, "busy, retry later\n")
+                reply.headers.append((b"retry-after", str(RETRY_AFTER).encode()))
+            else:
+                engine.stats.active_streams += 1
+                admitted = True
+        try:
+            await self._send_reply(request, headers, reply)
+        finally:
+            if admitted:
+                engine.stats.active_streams -= 1
+
+    async def _send_reply(
+        self, request: h11.Request, headers: dict[bytes, bytes], reply: _Reply
+    ) -> None:
+        engine = self.engine
+        out = [(b"server", b"cwboot"), *reply.headers]
+        start, stop = 0, 0
+        status = reply.status
+        body = reply.body
+        size = body.size if isinstance(body, _FileBody) else len(body)
+        if reply.etag is not None and status == 200:
+            d = http_range.decide(
+                size,
+                reply.etag,
+                range_header=headers.get(b"range") if isinstance(body, _FileBody) else None,
+                if_none_match=headers.get(b"if-none-match"),
+                if_range=headers.get(b"if-range"),
+            )
+            status, start, stop = d.status, d.start, d.stop
+            out += [(b"etag", reply.etag), (b"accept-ranges", b"bytes"), *d.headers]
+        else:
+            stop = size
+        if status in (304, 416):
+            start = stop = 0
+        out.append((b"content-length", str(stop - start).encode()))
+        engine.stats.responses[status] += 1
+        head = (
+            self.h11.send(h11.Response(status_code=status, headers=out, reason=_reason(status)))
+            or b""
+        )
+        send_body = request.method != b"HEAD" and stop > start
+        await self._sendall(head, _socket.MSG_MORE if send_body else 0)
+        if send_body:
+            if isinstance(body, _FileBody):
+                self.h11.send_with_data_passthrough(h11.Data(data=_SendfileLength(stop - start)))  # type: ignore[arg-type]
+                await self._sendfile_body(body, start, stop)
+            else:
+                await self._sendall(self.h11.send(h11.Data(data=body[start:stop])) or b"")
+        self.h11.send(h11.EndOfMessage())
+
+    async def _sendfile_body(self, body: _FileBody, start: int, stop: int) -> None:
+        sockfd = self.sock.fileno()
+        for path, offset, length in body.pieces_for(start, stop):
+            if path is None:
+                # a chunk vanished (quarantined by verify): cut the response, never send wrong bytes
+                self.engine.stats.drops["chunk missing mid-stream"] += 1
+                raise OSError(errno.ENOENT, "chunk missing")
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                end = offset + length
+                while offset < end:
+                    try:
+                        sent = os.sendfile(sockfd, fd, offset, end - offset)
+                    except BlockingIOError:
+                        with trio.fail_after(SEND_STALL_TIMEOUT):
+                            await trio.lowlevel.wait_writable(self.sock)
+                        continue
+                    if sent == 0:
+                        raise OSError(errno.EPIPE, "file shorter than expected or peer gone")
+                    offset += sent
+                    self.engine.stats.bytes_sent += sent
+            finally:
+                os.close(fd)
+            await trio.lowlevel.checkpoint()
+
+
+async def serve_http(
+    config: Config,
+    lookup: ObjectLookup,
+    image_store: ImageSource,
+    *,
+    heads: Callable[[], Sequence[str]],
+    report_status: ReportStatus | None = None,
+    loader_dir: Path = DEFAULT_LOADER_DIR,
+    task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; ``task_status.started(HttpServer)`` once bound (port 0 -> real port)."""
+    engine = _Engine(config, lookup, image_store, heads, report_status, loader_dir)
+    listener = trio.socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    await listener.bind((config.http.listen, config.http.port))
+    listener.listen(4096)
+    address, port = listener.getsockname()[:2]
+    async with trio.open_nursery() as nursery:
+        if report_status is not None:
+            nursery.start_soon(engine.report_loop)
+        task_status.started(HttpServer(address, port, engine.stats))
+        with listener:
+            while True:
+                try:
+                    sock, _ = await listener.accept()
+                except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                    engine.stats.drops[
+                        f"accept failed: {errno.errorcode.get(exc.errno or 0, 'error')}"
+                    ] += 1
+                    await trio.sleep(0.1)
+                    continue
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                engine.stats.connections += 1
+                nursery.start_soon(_Connection(engine, sock).run)
