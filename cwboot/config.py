@@ -103,6 +103,8 @@ class TftpConfig:
     timeout: float = 1.0
     retries: int = 5
     max_blksize: int = 1468
+    # RFC 7440 windows larger than this are answered with this value.
+    max_windowsize: int = 64
 
 
 @dataclass
