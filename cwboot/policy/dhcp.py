@@ -1,0 +1,378 @@
+"""DHCP boot policy: which answer a booting machine gets. Pure: no I/O, no clock, no store.
+
+``BootPolicy.decide(request, lookup)`` turns a parsed request and the in-memory
+object cache into one of three decisions, which the DHCP service carries out:
+
+- ``Reply``: the fields and options of the BOOTREPLY (the codec builds the bytes);
+  ``send_decision`` says where it goes (RFC 2131 section 4.1).
+- ``Ignore(reason)``: stay silent; the service counts the reason.
+- ``Enrol(mac)``: unknown MAC and ``dhcp.unknown_mac = "enrol"``: the service
+  creates the node off the hot path; the client's next retry finds it.
+
+What a client is told to boot (DESIGN.md "Boot flow"):
+
+============================  ================================================
+client                        boot file
+============================  ================================================
+iPXE (option 77 ``iPXE``,     ``http://<head>:<http port>/boot/ipxe/<mac>``, the
+raw or RFC 3004 form)         node's script; never a loader again (no loop)
+UEFI HTTP boot (option 60     ``http://<head>:<http port>/boot/loader/<loader>``
+``HTTPClient``)               (x86-64: ``uefi_loader``, arm64: ``arm64_loader``)
+PXE ROM / anything else       TFTP loader by option 93 (``ARCH_LOADERS``);
+                              missing or malformed 93: the BIOS loader + a warning
+============================  ================================================
+
+``<mac>`` in URLs is written with hyphens: ``52-54-00-12-34-56``.
+
+Replies to iPXE carry option 175.176 = 1 so iPXE does not wait for proxyDHCP
+offers (authoritative mode only: in proxy mode we *are* the proxyDHCP).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cwboot.protocol.dhcp import DhcpPacket
+from cwboot.protocol.dhcp import _spec as dhcp
+
+
+class NodeLookup(Protocol):
+    """What the policy reads: cwboot.control.cache.ObjectCache has these methods."""
+
+    def node_by_mac(self, mac: str) -> Mapping[str, Any] | None: ...
+
+    def get(self, kind: str, ref: str) -> Mapping[str, Any] | None: ...
+
+    def node_ip(self, node: Mapping[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    message_type: int
+    ciaddr: bytes
+    yiaddr: bytes
+    siaddr: bytes
+    sname: bytes
+    file: bytes
+    options: list[tuple[int, bytes]]
+    # Things worth counting that did not stop the reply (e.g. "option93_malformed").
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enrol:
+    mac: str
+
+
+Decision = Reply | Ignore | Enrol
+
+# Reasons for silence (the service counts each).
+NOT_A_REQUEST = "not a BOOTREQUEST"
+NOT_ETHERNET = "not ethernet (htype 1, hlen 6)"
+BOOTP = "plain BOOTP (no option 53)"
+UNEXPECTED_TYPE = "unexpected message type"
+RELEASE = "release or decline (leases are deterministic: nothing to free)"
+OTHER_SERVER = "request for another server"
+UNKNOWN_MAC = "unknown MAC"
+NO_ADDRESS = "node has no address"
+PROXY_NOT_PXE = "proxy mode: not a PXE client"
+PROXY_REQUEST = "proxy mode: request for the site DHCP server"
+
+# Option 93 client system architecture (RFC 4578 2.1, IANA registry) -> loader slot.
+BIOS, UEFI, ARM64 = "bios", "uefi", "arm64"
+ARCH_LOADERS: dict[int, str] = {
+    0: BIOS,  # Intel x86PC
+    7: UEFI,  # EFI BC (x86-64 in practice)
+    9: UEFI,  # EFI x86-64
+    11: ARM64,  # EFI ARM64
+    16: UEFI,  # x86-64 UEFI HTTP boot
+    19: ARM64,  # arm64 UEFI HTTP boot
+}
+
+# Client kinds, by what it announces.
+PLAIN, PXE, IPXE, HTTP = "plain", "pxe", "ipxe", "http"
+
+_IPXE_RAW = b"iPXE"
+_PXE_CLASS = b"PXEClient"
+_HTTP_CLASS = b"HTTPClient"
+# PXE vendor options (option 43, PXE spec 2.1 table 2-1): PXE_DISCOVERY_CONTROL = 8,
+# "boot file name in this offer is what to download" (no boot-server discovery).
+_PXE_VENDOR = bytes((6, 1, 8, 255))
+_IPXE_NO_PXEDHCP = bytes((dhcp.IPXE_NO_PXEDHCP, 1, 1))
+_ZERO = bytes(4)
+
+
+def user_class_is_ipxe(value: bytes | None) -> bool:
+    """Option 77 says iPXE: raw ``iPXE`` (what iPXE sends) or RFC 3004 length-prefixed classes."""
+    if value is None:
+        return False
+    if value == _IPXE_RAW:
+        return True
+    i = 0
+    while i < len(value):  # RFC 3004: one or more (length, class) pairs
+        n = value[i]
+        if n == 4 and value[i + 1 : i + 5] == _IPXE_RAW:
+            return True
+        i += 1 + n
+    return False
+
+
+def client_arch(value: bytes | None) -> tuple[int | None, str]:
+    """First architecture in option 93 and a warning ("" if none): two bytes each, RFC 4578 2.1."""
+    if value is None:
+        return None, "option93_missing"
+    if len(value) < 2 or len(value) % 2:
+        return None, "option93_malformed"
+    return (value[0] << 8) | value[1], ""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a reply goes: the result of ``send_decision``."""
+
+    # "relay" (giaddr:67), "client" (ciaddr:68), "broadcast" (255.255.255.255:68),
+    # "hardware" (yiaddr at chaddr: the service broadcasts, as it keeps no ARP entries),
+    # "source" (back to where it came from: PXE boot-server requests on port 4011).
+    kind: str
+    address: str
+    port: int
+
+
+def send_decision(
+    request: DhcpPacket, message_type: int, source: tuple[str, int], *, boot_server: bool = False
+) -> Destination:
+    """RFC 2131 section 4.1 "how to send the reply", as a pure decision (pixiecore's txType).
+
+    ``boot_server``: the request came to the PXE boot-server port (4011); the
+    answer goes back to its source (PXE spec 2.2.5).
+    """
+    if request.giaddr != _ZERO:
+        return Destination("relay", _ntoa(request.giaddr), 67)
+    if boot_server:
+        return Destination("source", source[0], source[1])
+    if message_type == dhcp.DHCPNAK:
+        return Destination("broadcast", "255.255.255.255", 68)
+    if request.ciaddr != _ZERO:
+        return Destination("client", _ntoa(request.ciaddr), 68)
+    if request.flags & dhcp.FLAG_BROADCAST:
+        return Destination("broadcast", "255.255.255.255", 68)
+    return Destination("hardware", "255.255.255.255", 68)
+
+
+def _ntoa(packed: bytes) -> str:
+    return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
+
+
+class BootPolicy:
+    """The boot policy for one head; built once from config (values pre-encoded), then pure."""
+
+    def __init__(
+        self,
+        *,
+        mode: str = "authoritative",
+        head_address: str,
+        http_port: int,
+        subnet_mask: str = "255.255.0.0",
+        router: str = "",
+        dns_servers: list[str] | tuple[str, ...] = (),
+        domain: str = "",
+        lease_time: int = 3600,
+        unknown_mac: str = "ignore",
+        bios_loader: str = "undionly.kpxe",
+        uefi_loader: str = "ipxe.efi",
+        arm64_loader: str = "ipxe-arm64.efi",
+    ) -> None:
+        if mode not in ("authoritative", "proxy"):
+            raise ValueError(f"mode: expected 'authoritative' or 'proxy', got {mode!r}")
+        self.proxy = mode == "proxy"
+        self.enrol = unknown_mac == "enrol"
+        self.head = head_address
+        self.server_id = _aton(head_address)
+        self.http_base = f"http://{head_address}:{http_port}"
+        self.loaders = {BIOS: bios_loader, UEFI: uefi_loader, ARM64: arm64_loader}
+        self.tftp_files = {slot: name.encode() for slot, name in self.loaders.items()}
+        network: list[tuple[int, bytes]] = [
+            (dhcp.OPT_LEASE_TIME, lease_time.to_bytes(4, "big")),
+            (dhcp.OPT_RENEWAL_TIME, (lease_time // 2).to_bytes(4, "big")),
+            (dhcp.OPT_REBINDING_TIME, (lease_time * 7 // 8).to_bytes(4, "big")),
+            (dhcp.OPT_SUBNET_MASK, _aton(subnet_mask)),
+        ]
+        if router:
+            network.append((dhcp.OPT_ROUTER, _aton(router)))
+        if dns_servers:
+            network.append((dhcp.OPT_DNS, b"".join(_aton(a) for a in dns_servers)))
+        if domain:
+            network.append((dhcp.OPT_DOMAIN, domain.encode()))
+        self.network_options = tuple(network)
+        self._packed: dict[str, bytes] = {}
+
+    @classmethod
+    def from_config(cls, config: Any, *, head_address: str, http_port: int) -> BootPolicy:
+        """From a cwboot.config.DhcpConfig."""
+        return cls(
+            mode=config.mode,
+            head_address=head_address,
+            http_port=http_port,
+            subnet_mask=config.subnet_mask,
+            router=config.router,
+            dns_servers=list(config.dns_servers),
+            domain=config.domain,
+            lease_time=config.lease_time,
+            unknown_mac=config.unknown_mac,
+            bios_loader=config.bios_loader,
+            uefi_loader=config.uefi_loader,
+            arm64_loader=config.arm64_loader,
+        )
+
+    def script_url(self, mac: str) -> str:
+        """The node's iPXE script, served by the HTTP boot service."""
+        return f"{self.http_base}/boot/ipxe/{mac.replace(':', '-')}"
+
+    def loader_url(self, slot: str) -> str:
+        """An EFI loader over HTTP, for UEFI HTTP boot."""
+        return f"{self.http_base}/boot/loader/{self.loaders[slot]}"
+
+    def decide(
+        self, request: DhcpPacket, lookup: NodeLookup, *, boot_server: bool = False
+    ) -> Decision:
+        """The answer to ``request``; ``boot_server`` when it came to the PXE port 4011."""
+        if request.op != dhcp.BOOTREQUEST:
+            return Ignore(NOT_A_REQUEST)
+        if request.htype != 1 or request.hlen != 6:
+            return Ignore(NOT_ETHERNET)
+        mtype = request.message_type
+        options = request.options
+        if mtype == dhcp.DHCPDISCOVER:
+            reply_type = dhcp.DHCPOFFER
+        elif mtype == dhcp.DHCPREQUEST or mtype == dhcp.DHCPINFORM:
+            reply_type = dhcp.DHCPACK
+            server_id = options.get(dhcp.OPT_SERVER_ID)
+            if server_id is not None and server_id != self.server_id:
+                return Ignore(OTHER_SERVER)
+            if self.proxy and not boot_server and mtype == dhcp.DHCPREQUEST:
+                return Ignore(PROXY_REQUEST)
+        elif mtype == 0:
+            return Ignore(BOOTP)
+        elif mtype == dhcp.DHCPRELEASE or mtype == dhcp.DHCPDECLINE:
+            return Ignore(RELEASE)
+        else:
+            return Ignore(UNEXPECTED_TYPE)
+
+        kind, arch, warning = self._classify(options)
+        if self.proxy and kind == PLAIN:
+            return Ignore(PROXY_NOT_PXE)
+        node = lookup.node_by_mac(request.mac)
+        if node is None:
+            return Enrol(request.mac) if self.enrol else Ignore(UNKNOWN_MAC)
+
+        reply_options: list[tuple[int, bytes]] = [(dhcp.OPT_SERVER_ID, self.server_id)]
+        yiaddr = _ZERO
+        ciaddr = _ZERO
+        if not self.proxy:
+            ip = lookup.node_ip(node)
+            if not ip:
+                return Ignore(NO_ADDRESS)
+            yiaddr = self._pack(ip)
+            if mtype == dhcp.DHCPINFORM:
+                # RFC 2131 4.3.5: no address, no lease; answer to ciaddr.
+                ciaddr = request.ciaddr
+                yiaddr = _ZERO
+            else:
+                if mtype == dhcp.DHCPREQUEST:
+                    requested = options.get(dhcp.OPT_REQUESTED_IP) or request.ciaddr
+                    if requested != _ZERO and requested != yiaddr:
+                        return self._nak(request)  # RFC 2131 4.3.2: wrong address
+                    ciaddr = request.ciaddr
+                reply_options.extend(self.network_options)
+            name = node.get("name")
+            if name:
+                reply_options.append((dhcp.OPT_HOSTNAME, name.encode()))
+        elif boot_server:
+            ciaddr = request.ciaddr
+
+        if kind == IPXE:
+            file = self.script_url(request.mac).encode()
+            if not self.proxy:
+                reply_options.append((dhcp.OPT_IPXE, _IPXE_NO_PXEDHCP))
+        else:
+            slot = ARCH_LOADERS.get(arch, BIOS) if arch is not None else BIOS
+            if kind == HTTP:
+                file = self.loader_url(slot).encode()
+                reply_options.append((dhcp.OPT_VENDOR_CLASS, _HTTP_CLASS))
+            else:
+                file = self.tftp_files[slot]
+                if kind == PXE:
+                    reply_options.append((dhcp.OPT_VENDOR_CLASS, _PXE_CLASS))
+                    reply_options.append((dhcp.OPT_VENDOR_SPECIFIC, _PXE_VENDOR))
+            if kind == PXE or kind == HTTP:
+                uuid = options.get(dhcp.OPT_CLIENT_UUID)
+                if uuid is not None:
+                    # PXE spec 2.1: echo the client UUID; RFC 4578 2.3: type 0 + 16 bytes.
+                    if len(uuid) == 17 and uuid[0] == 0:
+                        reply_options.append((dhcp.OPT_CLIENT_UUID, uuid))
+                    else:
+                        warning = warning or "option97_malformed"
+        client_id = options.get(dhcp.OPT_CLIENT_ID)
+        if client_id is not None:
+            reply_options.append((dhcp.OPT_CLIENT_ID, client_id))  # RFC 6842
+        relay = options.get(dhcp.OPT_RELAY_AGENT)
+        if relay is not None and request.giaddr != _ZERO:
+            reply_options.append((dhcp.OPT_RELAY_AGENT, relay))  # RFC 3046 2.2: byte-exact, last
+        return Reply(
+            reply_type,
+            ciaddr,
+            yiaddr,
+            self.server_id,
+            b"",
+            file,
+            reply_options,
+            (warning,) if warning else (),
+        )
+
+    def _classify(self, options: dict[int, bytes]) -> tuple[str, int | None, str]:
+        """(client kind, option-93 architecture, warning) from options 60/77/93."""
+        if user_class_is_ipxe(options.get(dhcp.OPT_USER_CLASS)):
+            return IPXE, None, ""
+        vendor = options.get(dhcp.OPT_VENDOR_CLASS, b"")
+        if vendor.startswith(_PXE_CLASS):
+            kind = PXE
+        elif vendor.startswith(_HTTP_CLASS):
+            kind = HTTP
+        else:
+            kind = PLAIN
+        arch, warning = client_arch(options.get(dhcp.OPT_CLIENT_ARCH))
+        if kind == PLAIN and warning == "option93_missing":
+            warning = ""  # ordinary DHCP clients do not send 93
+        elif arch is not None and arch not in ARCH_LOADERS:
+            warning = "option93_unknown_arch"
+        return kind, arch, warning
+
+    def _nak(self, request: DhcpPacket) -> Reply:
+        options = [(dhcp.OPT_SERVER_ID, self.server_id)]
+        client_id = request.options.get(dhcp.OPT_CLIENT_ID)
+        if client_id is not None:
+            options.append((dhcp.OPT_CLIENT_ID, client_id))
+        relay = request.options.get(dhcp.OPT_RELAY_AGENT)
+        if relay is not None and request.giaddr != _ZERO:
+            options.append((dhcp.OPT_RELAY_AGENT, relay))
+        return Reply(dhcp.DHCPNAK, _ZERO, _ZERO, _ZERO, b"", b"", options)
+
+    def _pack(self, ip: str) -> bytes:
+        packed = self._packed.get(ip)
+        if packed is None:
+            if len(self._packed) > 1 << 17:
+                self._packed.clear()  # bounded memo: addresses of removed nodes do not pile up
+            packed = self._packed[ip] = _aton(ip)
+        return packed
+
+
+def _aton(address: str) -> bytes:
+    return ipaddress.IPv4Address(address).packed
