@@ -187,7 +187,9 @@ async def exchange(
     try:
         for wait in timeouts:
             secs = min(0xFFFF, int(trio.current_time() - started))
-            await relay.send(build_request_packet(message_type, mac, xid, relay.giaddr, options, secs=secs))
+            await relay.send(
+                build_request_packet(message_type, mac, xid, relay.giaddr, options, secs=secs)
+            )
             with trio.move_on_after(wait):
                 while True:
                     reply = await replies.receive()

@@ -76,7 +76,9 @@ class NetnsPair:
     def entered(self, side: str = "client") -> Iterator[None]:
         """Switch the calling thread into a namespace for the block (no awaits inside!)."""
         here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{self.client_ns if side == 'client' else self.server_ns}", os.O_RDONLY)
+        there = os.open(
+            f"/run/netns/{self.client_ns if side == 'client' else self.server_ns}", os.O_RDONLY
+        )
         try:
             _setns(there)
             try:
@@ -113,7 +115,9 @@ def create_pair(prefix: str = "cwb8", rate: str = "") -> NetnsPair:
     if os.geteuid() != 0:
         raise NetnsError("network namespaces need root")
     pid = os.getpid()
-    pair = NetnsPair(f"{prefix}s{pid}", f"{prefix}c{pid}", f"{prefix}S{pid}", f"{prefix}C{pid}", rate)
+    pair = NetnsPair(
+        f"{prefix}s{pid}", f"{prefix}c{pid}", f"{prefix}S{pid}", f"{prefix}C{pid}", rate
+    )
     try:
         _ip("netns", "add", pair.server_ns)
         _ip("netns", "add", pair.client_ns)

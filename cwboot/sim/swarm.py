@@ -1,0 +1,137 @@
+"""Run many simulated nodes at once against one set of servers.
+
+``run_swarm`` opens the shared DHCP relay socket, proves the image's frames
+once (``prove_image``: the reference fetch every node's chunks are then
+compared with), and boots ``count`` nodes concurrently — all at once, or
+``launch_rate`` per second (a power-on wave). Node ``i`` has MAC
+``mac_for(first_index + i)`` and its own source address ``source_for(i)``
+(127.78.0.0/16 on loopback, 10.78.0.0/16 in a namespace pair), so per-peer
+limits on the server see distinct peers, as on a real cluster.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from cwboot.protocol import manifest as manifest_mod
+from cwboot.sim.dhcp_client import RelaySocket
+from cwboot.sim.http_client import ConnStats, HttpConnection, HttpError, SocketFactory
+from cwboot.sim.netns import node_address
+from cwboot.sim.node import NodeConfig, NodeResult, SimNode, SwarmContext, mac_for
+from cwboot.sim.rootfs import FrameDigests
+
+LOOPBACK_NODE_NETWORK = "127.78.0.0/16"
+LOOPBACK_RELAY = "127.77.0.1"
+
+
+@dataclass
+class SwarmTargets:
+    """Where the servers are, as the simulated nodes see them."""
+
+    # DHCP server address and port the relay forwards to.
+    dhcp: tuple[str, int]
+    # The relay's own address (giaddr) and the port servers answer relays on.
+    relay: tuple[str, int]
+    # TFTP port on the next-server the DHCP answer names.
+    tftp_port: int = 69
+    tftp_host: str = ""
+    node_network: str = LOOPBACK_NODE_NETWORK
+    make_socket: SocketFactory = socket.socket
+
+
+@dataclass
+class SwarmResult:
+    nodes: list[NodeResult]
+    # Seconds from the first power-on to the last node up (or failed).
+    wall: float
+    http: ConnStats
+    relay_drops: dict[str, int] = field(default_factory=dict)
+    dhcp_sent: int = 0
+    dhcp_received: int = 0
+
+
+async def prove_image(
+    base_url: str,
+    digests: FrameDigests,
+    *,
+    source: str = "",
+    make_socket: SocketFactory = socket.socket,
+) -> manifest_mod.Manifest:
+    """Fetch ``{base_url}/manifest`` and every chunk once; decode and prove each (the reference fetch)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    conn = HttpConnection(
+        parts.hostname or "", parts.port or 80, source=source, make_socket=make_socket
+    )
+    try:
+        response = await conn.request("GET", f"{parts.path}/manifest")
+        if response.status != 200:
+            raise HttpError(f"manifest: HTTP {response.status}")
+        m = manifest_mod.parse_untrusted(response.body)
+        for chunk in m.chunks:
+            if chunk.id in digests.digests:
+                continue
+            for _ in range(100):
+                response = await conn.request("GET", f"/chunks/{chunk.id}")
+                if response.status != 503:
+                    break
+                await trio.sleep(0.2)
+            if response.status != 200:
+                raise HttpError(f"chunk {chunk.id}: HTTP {response.status}")
+            digests.prove(chunk, response.body)
+        return m
+    finally:
+        conn.close()
+
+
+async def run_swarm(
+    targets: SwarmTargets,
+    count: int,
+    *,
+    config: NodeConfig | None = None,
+    digests: FrameDigests | None = None,
+    first_index: int = 0,
+    launch_rate: float = 0.0,
+    on_up: Callable[[NodeResult], None] | None = None,
+    seed: int = 8,
+) -> SwarmResult:
+    """Boot ``count`` simulated nodes concurrently; returns when every one is up or has failed."""
+    cfg = config or NodeConfig()
+    raw = targets.make_socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+    results: list[NodeResult] = []
+    with raw, trio.socket.from_stdlib_socket(raw) as sock:
+        await sock.bind(targets.relay)
+        relay = RelaySocket(sock, targets.relay[0], targets.dhcp)
+        ctx = SwarmContext(
+            relay=relay, digests=digests or FrameDigests(), config=cfg, t0=trio.current_time(),
+            tftp_port=targets.tftp_port, tftp_host=targets.tftp_host,
+            make_socket=targets.make_socket, rng=random.Random(seed),
+        )  # fmt: skip
+
+        async def one(i: int) -> None:
+            node = SimNode(first_index + i, mac_for(first_index + i),
+                           node_address(i, targets.node_network), ctx)  # fmt: skip
+            result = await node.boot()
+            results.append(result)
+            if on_up is not None:
+                on_up(result)
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(relay.run)
+            async with trio.open_nursery() as nodes:
+                for i in range(count):
+                    nodes.start_soon(one, i)
+                    if launch_rate > 0:
+                        await trio.sleep(1.0 / launch_rate)
+            wall = trio.current_time() - ctx.t0
+            outer.cancel_scope.cancel()
+    results.sort(key=lambda r: r.index)
+    return SwarmResult(results, wall, ctx.http_stats, dict(relay.drops), relay.sent, relay.received)
