@@ -122,8 +122,7 @@ class EtcdServer:
 
     def wipe(self) -> None:
         """Delete every key (tests share one server; revisions keep growing, which is fine)."""
-        import etcd3
-        from etcd3 import etcdrpc
+        from cwboot.control.store.etcd import etcd3, etcdrpc  # etcd3, imported without its warnings
 
         client = etcd3.client("127.0.0.1", self.client_port, timeout=10)
         try:

@@ -162,19 +162,22 @@ class EmbeddedStore(Store):
         db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
         self._event_rows += events
         if self._event_rows > self.max_events * 5 // 4:
-            self._trim_sync()
+            self._trim_sync(revision)
         db.execute("COMMIT")
         self.revision = revision
         self._dirty = True
 
-    def _trim_sync(self) -> None:
-        """Drop the oldest whole revisions so about max_events rows stay (inside the open txn)."""
+    def _trim_sync(self, newest: int) -> None:
+        """Drop the oldest whole revisions so about max_events rows stay (inside the open txn).
+
+        The newest revision always stays, however many events it has.
+        """
         row = self._db.execute(
             "SELECT revision FROM events ORDER BY revision DESC, seq DESC LIMIT 1 OFFSET ?",
             (self.max_events,),
         ).fetchone()
         if row is not None:
-            self._compact_sync(row[0] + 1)
+            self._compact_sync(min(row[0] + 1, newest))
 
     def _compact_sync(self, revision: int) -> None:
         db = self._db

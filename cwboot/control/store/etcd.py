@@ -29,14 +29,19 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import etcd3
 import grpc
 import trio
-from etcd3 import etcdrpc
+
+with warnings.catch_warnings():
+    # etcd3 0.12's generated protobuf modules use descriptor calls protobuf 3.20 deprecates.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import etcd3
+    from etcd3 import etcdrpc
 
 from cwboot.control.store.base import (
     Compare,
