@@ -4,10 +4,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.harness import ServedApi, api_config, served_api
-
-# Small enough that the oversized-body tests stay fast.
-MAX_BODY = 256 * 1024
+from tests.api.harness import MAX_BODY, ServedApi, api_config, served_api
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ from cwboot.control.store import open_store
 
 ADMIN = "admin-token-for-tests"
 READER = "read-token-for-tests"
+# api.max_body_bytes of the `api` fixture: small, so the oversized-body tests stay fast.
+MAX_BODY = 256 * 1024
 
 
 def api_config(state_dir: Path, **api: Any) -> Config:
