@@ -1,0 +1,289 @@
+"""The DHCP service: a thin trio loop around the codec (cwboot.protocol.dhcp) and the policy.
+
+``serve_dhcp`` binds UDP port 67 (``dhcp.port``; and ``dhcp.proxy_port``,
+4011, in proxyDHCP mode), reports ``DhcpBound`` through ``task_status`` and
+then, for every datagram: parse -> decide -> build -> send. Answers come from
+the in-memory lookup only; nothing awaits the store on this path.
+
+Burst handling: the socket has a large receive buffer (``dhcp.rcvbuf_bytes``;
+SO_RCVBUFFORCE when root, so it is not capped by net.core.rmem_max) and is
+drained in batches of non-blocking ``recvfrom`` until EAGAIN (at most
+``BATCH`` per turn, then one checkpoint), not one scheduler round trip per
+packet.
+
+Every datagram that gets no answer is counted with its reason in
+``DhcpStats.dropped`` (codec errors as ``"bad packet: <why>"``, policy
+``Ignore`` reasons verbatim, send errors as ``"send failed: <errno>"``).
+
+Unknown MACs with ``dhcp.unknown_mac = "enrol"``: the MAC goes into a bounded
+queue and a separate task awaits ``enrol(mac)`` (the head passes a callback
+that creates the node with compare-and-swap); the client's next retry finds
+the node in the cache. A MAC is enrolled once at a time.
+
+Replies whose RFC 2131 4.1 destination is "unicast to chaddr" (no ciaddr,
+no broadcast flag, no relay) are broadcast instead: the service keeps no ARP
+entries, and every client accepts a broadcast reply.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from cwboot.policy.dhcp import BootPolicy, Enrol, NodeLookup, Reply, send_decision
+from cwboot.protocol.dhcp import BadPacket, build_reply, parse_untrusted
+
+log = logging.getLogger(__name__)
+
+# Datagrams handled per wake-up before yielding to the scheduler.
+BATCH = 512
+# Unknown MACs waiting for the enrol task; more are dropped (counted) until it catches up.
+ENROL_QUEUE = 1024
+MAX_DATAGRAM = 4096
+# Linux <asm-generic/socket.h>; the socket module does not export it.
+SO_RCVBUFFORCE = 33
+
+
+@dataclass
+class DhcpStats:
+    """Counters of one running service."""
+
+    received: int = 0
+    replied: Counter[str] = field(default_factory=Counter)  # by message type name
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    warnings: Counter[str] = field(default_factory=Counter)  # replied, but worth noting
+    enrolled: int = 0
+    enrol_failed: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "replied": dict(self.replied),
+            "dropped": dict(self.dropped),
+            "warnings": dict(self.warnings),
+            "enrolled": self.enrolled,
+            "enrol_failed": self.enrol_failed,
+            "batches": self.batches,
+        }
+
+
+@dataclass(frozen=True)
+class DhcpBound:
+    """What ``serve_dhcp`` reports once listening."""
+
+    address: str
+    port: int
+    # proxyDHCP boot-server port, 0 when not in proxy mode.
+    proxy_port: int
+    stats: DhcpStats
+
+
+_TYPE_NAMES = {2: "offer", 5: "ack", 6: "nak"}
+
+
+class DhcpResponder:
+    """The per-datagram work, without sockets: bytes in, (bytes, destination) out."""
+
+    def __init__(self, policy: BootPolicy, lookup: NodeLookup, stats: DhcpStats) -> None:
+        self.policy = policy
+        self.lookup = lookup
+        self.stats = stats
+        # MACs for the enrol task; None when there is no enrol callback.
+        self.to_enrol: list[str] | None = None
+
+    def respond(
+        self, data: bytes, source: tuple[str, int], boot_server: bool
+    ) -> tuple[bytes, tuple[str, int]] | None:
+        stats = self.stats
+        stats.received += 1
+        try:
+            request = parse_untrusted(data)
+        except BadPacket as exc:
+            stats.dropped[f"bad packet: {exc}"] += 1
+            return None
+        try:
+            decision = self.policy.decide(request, self.lookup, boot_server=boot_server)
+        except Exception:  # a bug or a broken cache entry must not stop the service
+            log.exception("dhcp: policy failed for %s", request.mac)
+            stats.dropped["internal error"] += 1
+            return None
+        if type(decision) is not Reply:
+            if type(decision) is Enrol:
+                if self.to_enrol is None:
+                    stats.dropped["unknown MAC (no enrol callback)"] += 1
+                else:
+                    stats.dropped["enrolling"] += 1
+                    self.to_enrol.append(decision.mac)
+            else:
+                stats.dropped[decision.reason] += 1  # type: ignore[union-attr]
+            return None
+        if decision.warnings:
+            for warning in decision.warnings:
+                stats.warnings[warning] += 1
+                log.info("dhcp: %s from %s (fell back)", warning, request.mac)
+        mtype = decision.message_type
+        reply = build_reply(
+            request, mtype, decision.ciaddr, decision.yiaddr, decision.siaddr, decision.sname, decision.file,
+            decision.options,
+        )  # fmt: skip
+        dest = send_decision(request, mtype, source, boot_server=boot_server)
+        stats.replied[_TYPE_NAMES.get(mtype, str(mtype))] += 1
+        return reply, (dest.address, dest.port)
+
+
+def _open_socket(address: str, port: int, interface: str, rcvbuf: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _serve_socket(
+    sock: socket.socket,
+    responder: DhcpResponder,
+    boot_server: bool,
+    notify_enrol: Callable[[], None] | None,
+) -> None:
+    stats = responder.stats
+    respond = responder.respond
+    recvfrom = sock.recvfrom
+    sendto = sock.sendto
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        stats.batches += 1
+        for _ in range(BATCH):
+            try:
+                data, source = recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # e.g. ICMP errors surfaced on the socket
+                stats.dropped[
+                    f"receive failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+                ] += 1
+                continue
+            out = respond(data, source, boot_server)
+            if out is None:
+                continue
+            try:
+                sendto(out[0], out[1])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    sendto(out[0], out[1])
+                except OSError as exc:
+                    stats.dropped[
+                        f"send failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+                    ] += 1
+            except OSError as exc:
+                stats.dropped[f"send failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+        if responder.to_enrol and notify_enrol is not None:
+            notify_enrol()
+        await trio.lowlevel.checkpoint()
+
+
+class _Enroller:
+    """Runs ``enrol(mac)`` for unknown MACs off the hot path, one MAC at a time at most once."""
+
+    def __init__(self, enrol: Callable[[str], Awaitable[Any]], responder: DhcpResponder) -> None:
+        self.enrol = enrol
+        self.responder = responder
+        self.pending: set[str] = set()
+        self.wake = trio.Event()
+        responder.to_enrol = []
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    async def run(self) -> None:
+        send, receive = trio.open_memory_channel[str](ENROL_QUEUE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._work, receive)
+            while True:
+                await self.wake.wait()
+                self.wake = trio.Event()
+                macs, self.responder.to_enrol = self.responder.to_enrol or [], []
+                for mac in macs:
+                    if mac in self.pending:
+                        continue
+                    try:
+                        send.send_nowait(mac)
+                    except trio.WouldBlock:
+                        self.responder.stats.dropped["enrol queue full"] += 1
+                        continue
+                    self.pending.add(mac)
+
+    async def _work(self, receive: trio.MemoryReceiveChannel[str]) -> None:
+        stats = self.responder.stats
+        async for mac in receive:
+            try:
+                await self.enrol(mac)
+            except Exception:
+                log.exception("dhcp: enrolling %s failed", mac)
+                stats.enrol_failed += 1
+            else:
+                stats.enrolled += 1
+            finally:
+                self.pending.discard(mac)
+
+
+async def serve_dhcp(
+    config: Any,
+    lookup: NodeLookup,
+    *,
+    head_address: str,
+    http_port: int,
+    enrol: Callable[[str], Awaitable[Any]] | None = None,
+    task_status: trio.TaskStatus[DhcpBound] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve DHCP (``config`` is a cwboot.config.DhcpConfig) until cancelled."""
+    policy = BootPolicy.from_config(config, head_address=head_address, http_port=http_port)
+    stats = DhcpStats()
+    responder = DhcpResponder(policy, lookup, stats)
+    sockets = [_open_socket(config.listen, config.port, config.interface, config.rcvbuf_bytes)]
+    try:
+        if policy.proxy:
+            sockets.append(
+                _open_socket(
+                    config.listen, config.proxy_port, config.interface, config.rcvbuf_bytes
+                )
+            )
+        async with trio.open_nursery() as nursery:
+            notify = None
+            if enrol is not None and policy.enrol:
+                enroller = _Enroller(enrol, responder)
+                nursery.start_soon(enroller.run)
+                notify = enroller.notify
+            main = sockets[0]
+            nursery.start_soon(_serve_socket, main, responder, False, notify)
+            if len(sockets) > 1:
+                nursery.start_soon(_serve_socket, sockets[1], responder, True, notify)
+            address, port = main.getsockname()
+            task_status.started(
+                DhcpBound(
+                    address, port, sockets[1].getsockname()[1] if len(sockets) > 1 else 0, stats
+                )
+            )
+    finally:
+        for sock in sockets:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()

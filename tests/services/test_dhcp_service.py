@@ -1,0 +1,263 @@
+"""The DHCP service on real sockets, in network namespaces the test creates (10.99.0.0/24).
+
+The client side is a plain UDP socket speaking bytes built by tests/protocol/dhcp_helpers;
+the real-client tests (udhcpc, dhclient, perfdhcp) are in test_dhcp_peers.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import pytest
+import trio
+
+from cwboot.config import DhcpConfig
+from cwboot.control.objects import validate_new
+from cwboot.policy.node_table import NodeTable
+from cwboot.protocol.dhcp import parse_untrusted
+from cwboot.services.dhcp import DhcpBound, serve_dhcp
+from tests.protocol.dhcp_helpers import discover, pxe_options, request_bytes
+from tests.services.dhcp_netns import CLIENT, SERVER, NetnsPair
+
+pytestmark = pytest.mark.netns
+
+MAC = "52:54:00:00:00:07"
+# Client sockets of the running test, closed by run().
+_sockets: list[trio.socket.SocketType] = []
+
+
+@pytest.fixture
+def pair() -> NetnsPair:
+    p = NetnsPair()
+    yield p  # type: ignore[misc]
+    p.close()
+
+
+def nodes() -> NodeTable:
+    pool = validate_new(
+        "naming_pool", {"name": "default", "network": "10.99.0.0/24", "ip_offset": 100}, 0.0
+    )
+    node = {**validate_new("node", {"index": 7, "mac": [MAC]}, 0.0), "name": "n7"}
+    return NodeTable([node], [pool])
+
+
+def run(
+    pair: NetnsPair,
+    body: Callable[[DhcpBound], Awaitable[None]],
+    lookup: NodeTable | None = None,
+    enrol: Callable[[str], Awaitable[object]] | None = None,
+    **settings: object,
+) -> None:
+    config = DhcpConfig(listen="0.0.0.0", port=67, interface=pair.server_if, **settings)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with pair.entered("server"):
+                bound = await nursery.start(
+                    partial(
+                        serve_dhcp,
+                        config,
+                        lookup or nodes(),
+                        head_address=SERVER,
+                        http_port=8081,
+                        enrol=enrol,
+                    )
+                )
+            try:
+                with trio.fail_after(30):
+                    await body(bound)
+            finally:
+                while _sockets:
+                    _sockets.pop().close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def client_socket(
+    pair: NetnsPair, address: str = "0.0.0.0", port: int = 68
+) -> trio.socket.SocketType:
+    with pair.entered("client"):
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _sockets.append(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, pair.client_if.encode())
+    return sock
+
+
+async def exchange(
+    sock: trio.socket.SocketType, data: bytes, to: tuple[str, int] = (SERVER, 67)
+) -> tuple[bytes, tuple[str, int]]:
+    await sock.sendto(data, to)
+    with trio.fail_after(3):
+        return await sock.recvfrom(4096)  # type: ignore[no-any-return]
+
+
+async def silent(sock: trio.socket.SocketType, data: bytes) -> None:
+    await sock.sendto(data, (SERVER, 67))
+    with trio.move_on_after(0.3):
+        reply = await sock.recvfrom(4096)
+        raise AssertionError(f"expected no reply, got {reply!r}")
+
+
+def test_discover_gets_a_broadcast_offer_and_request_an_ack(pair: NetnsPair) -> None:
+    async def body(bound: DhcpBound) -> None:
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        data, source = await exchange(sock, discover(MAC, *pxe_options(0), xid=1))
+        offer = parse_untrusted(data)
+        assert source == (SERVER, 67)
+        assert (offer.xid, offer.message_type, offer.yiaddr) == (1, 2, bytes((10, 99, 0, 107)))
+        assert offer.file.rstrip(b"\0") == b"undionly.kpxe" and offer.siaddr == bytes(
+            (10, 99, 0, 1)
+        )
+        req = request_bytes(
+            mac=MAC,
+            xid=2,
+            options=[(53, b"\x03"), (54, offer.siaddr), (50, offer.yiaddr), (77, b"iPXE")],
+        )
+        ack = parse_untrusted((await exchange(sock, req))[0])
+        assert (
+            ack.message_type == 5
+            and ack.file.rstrip(b"\0") == b"http://10.99.0.1:8081/boot/ipxe/52-54-00-00-00-07"
+        )
+        assert bound.stats.replied == {"offer": 1, "ack": 1}
+
+    run(pair, body)
+
+
+def test_relayed_request_is_answered_to_the_relay_with_option_82(pair: NetnsPair) -> None:
+    agent = b"\x01\x06eth0/1\x02\x04\xde\xad\xbe\xef"
+
+    async def body(bound: DhcpBound) -> None:
+        relay = client_socket(pair)
+        await relay.bind((CLIENT, 67))
+        data, _ = await exchange(relay, discover(MAC, (82, agent), giaddr=CLIENT, hops=1))
+        offer = parse_untrusted(data)
+        assert offer.giaddr == bytes((10, 99, 0, 2)) and offer.options[82] == agent
+        # Byte-exact, and the last option before END (RFC 3046 2.2).
+        assert data.rstrip(b"\0").endswith(b"\x52" + bytes((len(agent),)) + agent + b"\xff")
+
+    run(pair, body)
+
+
+MALFORMED = [
+    (b"", "bad packet: shorter than the 240-byte header"),
+    (b"\x01", "bad packet: shorter than the 240-byte header"),
+    (discover(MAC)[:235], "bad packet: shorter than the 240-byte header"),
+    (request_bytes(mac=MAC, cookie=0x01020304), "bad packet: bad magic cookie"),
+    (
+        request_bytes(mac=MAC, options=b"\x35\x01\x01\x3d\x40abc"),
+        "bad packet: option length past the end",
+    ),
+    (
+        request_bytes(mac=MAC, options=[(53, b"\x01"), (52, b"\x07")]),
+        "bad packet: bad option 52 (overload)",
+    ),
+    (
+        request_bytes(mac=MAC, options=[(53, b"\x05\x05")]),
+        "bad packet: bad option 53 (message type)",
+    ),
+    (request_bytes(mac=MAC, options=[(53, b"\x02")]), "unexpected message type"),
+    (request_bytes(mac=MAC, options=[]), "plain BOOTP (no option 53)"),
+]
+
+
+def test_malformed_input_is_dropped_counted_and_service_keeps_answering(pair: NetnsPair) -> None:
+    async def body(bound: DhcpBound) -> None:
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        for data, _ in MALFORMED:
+            await silent(sock, data)
+        expected: dict[str, int] = {}
+        for _, reason in MALFORMED:
+            expected[reason] = expected.get(reason, 0) + 1
+        assert dict(bound.stats.dropped) == expected
+
+        # Handled, not dropped: junk after END, a 255-byte client id, bad 93 and 97.
+        offer = parse_untrusted((await exchange(sock, discover(MAC) + b"\x42\x99junk"))[0])
+        assert offer.message_type == 2
+        long_id = b"\x00" + bytes(range(254))
+        offer = parse_untrusted((await exchange(sock, discover(MAC, (61, long_id))))[0])
+        assert offer.options[61] == long_id
+        pxe = [o for o in pxe_options(7) if o[0] not in (93, 97)]
+        offer = parse_untrusted(
+            (await exchange(sock, discover(MAC, *pxe, (93, b"\x00"), (97, b"\x05x"))))[0]
+        )
+        assert offer.file.rstrip(b"\0") == b"undionly.kpxe" and 97 not in offer.options
+        assert bound.stats.warnings == {"option93_malformed": 1}
+        # ... and an ordinary DISCOVER still gets its OFFER.
+        offer = parse_untrusted((await exchange(sock, discover(MAC, xid=99)))[0])
+        assert offer.xid == 99 and offer.yiaddr == bytes((10, 99, 0, 107))
+        assert bound.stats.received == len(MALFORMED) + 4
+
+    run(pair, body)
+
+
+def test_unknown_mac_is_enrolled_off_the_hot_path_then_answered(pair: NetnsPair) -> None:
+    table = nodes()
+    enrolled: list[str] = []
+    store_answers = trio.Event()
+
+    async def enrol(mac: str) -> None:
+        await store_answers.wait()  # a slow store round trip: the service keeps serving meanwhile
+        enrolled.append(mac)
+        table.add({"name": "n8", "index": 8, "mac": [mac], "naming_pool": "default"})
+
+    async def body(bound: DhcpBound) -> None:
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        new = "52:54:00:00:00:99"
+        await silent(sock, discover(new))
+        await silent(sock, discover(new))  # a retry while enrolling: enrolled once
+        store_answers.set()
+        while not enrolled:
+            await trio.sleep(0.01)
+        offer = parse_untrusted((await exchange(sock, discover(new)))[0])
+        assert offer.yiaddr == bytes((10, 99, 0, 108))
+        assert (
+            enrolled == [new]
+            and bound.stats.enrolled == 1
+            and bound.stats.dropped["enrolling"] == 2
+        )
+
+    run(pair, body, lookup=table, enrol=enrol, unknown_mac="enrol")
+
+
+def test_unknown_mac_ignored_by_default(pair: NetnsPair) -> None:
+    async def body(bound: DhcpBound) -> None:
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        await silent(sock, discover("52:54:00:00:00:99"))
+        assert bound.stats.dropped == {"unknown MAC": 1}
+
+    run(pair, body)
+
+
+def test_proxy_mode_answers_pxe_with_boot_info_and_on_port_4011(pair: NetnsPair) -> None:
+    async def body(bound: DhcpBound) -> None:
+        assert bound.proxy_port == 4011
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        offer = parse_untrusted((await exchange(sock, discover(MAC, *pxe_options(9))))[0])
+        assert (
+            offer.yiaddr == bytes(4)
+            and offer.file.rstrip(b"\0") == b"ipxe.efi"
+            and 51 not in offer.options
+        )
+        await silent(sock, discover(MAC))  # not a PXE client
+        unicast = client_socket(pair)
+        await unicast.bind((CLIENT, 68))
+        req = request_bytes(mac=MAC, ciaddr=CLIENT, options=[(53, b"\x03"), *pxe_options(9)])
+        data, source = await exchange(unicast, req, (SERVER, 4011))
+        ack = parse_untrusted(data)
+        assert (
+            source == (SERVER, 4011)
+            and ack.message_type == 5
+            and ack.file.rstrip(b"\0") == b"ipxe.efi"
+        )
+
+    run(pair, body, mode="proxy")
