@@ -186,7 +186,7 @@ class Objects:
             if m is None:
                 raise InvalidObject(
                     f"field 'name': {doc['name']!r} is not a name of naming pool {pool['name']!r}"
-                    f" (expected {prefix!r} followed by an index)"
+                    f" (expected the pool prefix {prefix!r} followed by an index)"
                 )
             doc["index"] = fields_of("node")["index"].check("index", int(m.group(1)))
             return
