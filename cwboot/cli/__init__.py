@@ -45,11 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse, plus: words left over after options go to the leaf's ``words_dest`` list, so
+    ``cwboot nodes update n[0-3] --boot-config x groups=gpu`` works in any order."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "words_dest", None)
+    if extra and dest is not None and not any(word.startswith("-") for word in extra):
+        getattr(args, dest).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cwboot`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 2
     func = getattr(args, "func", None)

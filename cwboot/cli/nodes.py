@@ -102,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="FIELD may be any of: " + ", ".join(objects.fields_of("node")) + "\n\n" + NODES.examples,
     )
     p.add_argument("assignments", nargs="*", metavar="FIELD=VALUE", help="more fields of the one node")
+    p.set_defaults(words_dest="assignments")
     p.add_argument("--name", help="explicit name (default: pool prefix + index)")
     p.add_argument("--file", metavar="PATH", help="add every node in PATH ('-' = stdin): CSV with a header row, or a JSON list")
     p.add_argument("--format", choices=FORMATS, help="format of --file (default: from its extension or content)")

@@ -236,6 +236,7 @@ def register_object_commands(
         )
         p.add_argument("name", help=f"name of the new {spec.kind}")
         p.add_argument("assignments", nargs="*", metavar="FIELD=VALUE", help="more fields")
+        p.set_defaults(words_dest="assignments")
         spec.add_field_options(p)
     if "update" in spec.verbs:
         p = add_command(
@@ -243,6 +244,7 @@ def register_object_commands(
             epilog=f"FIELD may be any of: {fields}",
         )
         p.add_argument("words", nargs="+", metavar="REF|FIELD=VALUE", help="objects to change (names, uids, ranges) and FIELD=VALUE changes")
+        p.set_defaults(words_dest="words")
         spec.add_field_options(p)
     if "rm" in spec.verbs:
         p = add_command(verbs, "rm", lambda a: _rm(spec, a), f"remove {spec.kind} objects")
