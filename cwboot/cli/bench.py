@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import trio
 
@@ -60,7 +59,9 @@ def _storm(args: argparse.Namespace) -> int:
             raise CliError(f"storm against {target}: {exc}") from None
         print(report.summary(), flush=True)
         reports.append(report)
-    doc: dict[str, object] = {"reports": [json.loads(r.to_json(with_nodes=args.per_node)) for r in reports]}
+    doc: dict[str, object] = {
+        "reports": [json.loads(r.to_json(with_nodes=args.per_node)) for r in reports]
+    }
     if len(reports) == 2 and reports[1].wall > 0:
         ratio = reports[0].wall / reports[1].wall
         doc["wall_ratio"] = ratio
@@ -88,14 +89,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--initramfs-mib", type=float, default=8.0)
     p.add_argument("--target", choices=storm.TARGETS, default="head",
                    help="head: start a cwboot head; running: an existing server; dnsmasq: the baseline")  # fmt: skip
-    p.add_argument("--baseline", choices=["dnsmasq"], help="also run the same storm against dnsmasq + nginx")
-    p.add_argument("--netns", action="store_true", help="over a veth pair between two new namespaces")
-    p.add_argument("--rate", default="", help="tc rate of the head link, e.g. 1gbit or 10gbit (--netns)")
+    p.add_argument(
+        "--baseline", choices=["dnsmasq"], help="also run the same storm against dnsmasq + nginx"
+    )
+    p.add_argument(
+        "--netns", action="store_true", help="over a veth pair between two new namespaces"
+    )
+    p.add_argument(
+        "--rate", default="", help="tc rate of the head link, e.g. 1gbit or 10gbit (--netns)"
+    )
     p.add_argument("--rootfs", choices=["chunks", "stream"], default="chunks",
                    help="fetch chunk by chunk (mount_rootfs) or as one stream")  # fmt: skip
-    p.add_argument("--decode", action="store_true", help="every node decodes and proves every chunk itself")
-    p.add_argument("--launch-rate", type=float, default=0.0, help="nodes powered on per second (0: all at once)")
-    p.add_argument("--no-floor", action="store_true", help="skip the bare-sendfile floor measurement")
+    p.add_argument(
+        "--decode", action="store_true", help="every node decodes and proves every chunk itself"
+    )
+    p.add_argument(
+        "--launch-rate",
+        type=float,
+        default=0.0,
+        help="nodes powered on per second (0: all at once)",
+    )
+    p.add_argument(
+        "--no-floor", action="store_true", help="skip the bare-sendfile floor measurement"
+    )
     p.add_argument("--head-set", action="append", metavar="SECTION.KEY=VALUE",
                    help="extra head setting, e.g. http.max_streams=64 (repeatable)")  # fmt: skip
     p.add_argument("--dhcp", type=_host_port, help="running target: DHCP server HOST:PORT")
@@ -103,13 +119,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--http-url", help="running target: HTTP base URL")
     p.add_argument("--image-name", help="running target: image the nodes boot")
     p.add_argument("--image-version", default="latest")
-    p.add_argument("--server-pid", type=int, action="append", help="running target: PIDs to measure")
+    p.add_argument(
+        "--server-pid", type=int, action="append", help="running target: PIDs to measure"
+    )
     p.add_argument("--json", metavar="PATH", help="write the JSON report there")
-    p.add_argument("--per-node", action="store_true", help="include every node's timeline in the JSON")
+    p.add_argument(
+        "--per-node", action="store_true", help="include every node's timeline in the JSON"
+    )
     p.add_argument("--plot", metavar="PATH", help="write a PNG of nodes up over time")
-    p.add_argument("--workdir", default="", help="keep configs and logs there (default: a temp dir)")
+    p.add_argument(
+        "--workdir", default="", help="keep configs and logs there (default: a temp dir)"
+    )
     p.set_defaults(func=_storm)
-
-
-if __name__ == "__main__":
-    sys.exit(_storm(argparse.Namespace()))

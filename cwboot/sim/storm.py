@@ -1,0 +1,484 @@
+"""Boot storms: N simulated nodes powered on at once against a head, a running server, or a baseline.
+
+``run_storm(options)`` does, in one run and on one link:
+
+1. the link: loopback (127.0.0.0/8), or a namespace pair (cwboot.sim.netns)
+   with an optional ``tc`` rate on the head's egress (``rate="1gbit"``);
+2. the content (cwboot.sim.content): the rootfs image, a kernel and an
+   initramfs imported into cwboot's image store in a temp state dir;
+3. the target: ``head`` — a cwboot head started as its own process
+   (cwboot.sim.head_process: ``run_head`` with the embedded store, N nodes
+   enrolled with known MACs); ``running`` — a head someone else runs
+   (``RunningTarget``: ports and URLs); ``dnsmasq`` — dnsmasq + nginx serving
+   the same bytes (cwboot.sim.baseline; namespace pair only);
+4. the reference fetch (every chunk decoded and proven once) and the
+   bandwidth floor (cwboot.sim.floor: bare sendfile of the same stream, same
+   client code, same link);
+5. the storm (cwboot.sim.swarm), while the server processes' CPU time and
+   RSS are sampled with psutil;
+6. the report (``StormReport``): wall time to all-up, failures, per-phase and
+   whole-boot p50/p95/p99, server CPU and peak RSS, bytes served, the floor
+   and wall/floor, as JSON and a one-screen summary; ``plot`` draws nodes-up
+   over time (PNG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from cwboot import config as cwconfig
+from cwboot.control.images import ImageStore
+from cwboot.sim import baseline, floor, head_process, netns
+from cwboot.sim import content as content_mod
+from cwboot.sim.node import PHASES, NodeConfig, NodeResult, mac_for
+from cwboot.sim.rootfs import FrameDigests
+from cwboot.sim.swarm import (
+    LOOPBACK_NODE_NETWORK,
+    SwarmResult,
+    SwarmTargets,
+    prove_image,
+    run_swarm,
+)
+
+TARGETS = ("head", "running", "dnsmasq")
+
+
+@dataclass
+class RunningTarget:
+    """A server that is already up: where to send DHCP, which TFTP port, the HTTP base URL."""
+
+    dhcp: tuple[str, int]
+    tftp_port: int
+    http_url: str
+    image: str
+    version: str = "latest"
+    # Relay (giaddr) address and the port the server answers relays on (67 for cwboot and dnsmasq).
+    relay: tuple[str, int] = ("", 67)
+    # Server processes to measure (CPU, RSS); empty: not measured.
+    pids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StormOptions:
+    nodes: int = 100
+    image: str = "synthetic:32"
+    kernel_mib: float = 4.0
+    initramfs_mib: float = 8.0
+    target: str = "head"
+    running: RunningTarget | None = None
+    netns: bool = False
+    # tc token-bucket rate of the head's link ("1gbit", "10gbit"); namespace pair only.
+    rate: str = ""
+    node: NodeConfig = field(default_factory=NodeConfig)
+    # Power-on wave: nodes started per second (0: all at once).
+    launch_rate: float = 0.0
+    measure_floor: bool = True
+    floor_connections: int = 32
+    floor_bytes: int = 1 << 30
+    # Extra head settings (``section.key=value``), e.g. "http.max_streams=64".
+    head_settings: list[str] = field(default_factory=list)
+    # Kept when given (logs, configs); a temp dir removed afterwards otherwise.
+    workdir: str = ""
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max by the nearest-rank method ({} when empty)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": ordered[-1]}
+
+
+@dataclass
+class StormReport:
+    target: str
+    link: str
+    nodes: int
+    up: int
+    failures: int
+    # Seconds from power-on to the last node up (to the last node finished, failed or not).
+    wall: float
+    # Each node's whole boot (power-on to up) and each phase's duration.
+    boot: dict[str, float]
+    phases: dict[str, dict[str, float]]
+    # Node-up times, sorted (the plot's curve).
+    up_times: list[float]
+    server: dict[str, float]
+    bytes_served: int
+    rootfs_bytes: int
+    floor: dict[str, float]
+    waits: int
+    retries: dict[str, int]
+    errors: dict[str, int]
+    settings: dict[str, Any]
+    node_results: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def to_json(self, *, with_nodes: bool = False) -> str:
+        doc = dataclasses.asdict(self)
+        if not with_nodes:
+            doc.pop("node_results")
+        return json.dumps(doc, indent=2, sort_keys=True)
+
+    def summary(self) -> str:
+        lines = [
+            f"storm: {self.nodes} nodes -> {self.target} over {self.link}",
+            f"  up {self.up}/{self.nodes}, failures {self.failures}, wall {self.wall:.2f} s",
+            "  boot   " + _fmt(self.boot),
+        ]
+        lines += [f"  {name:<9}" + _fmt(p) for name, p in self.phases.items()]
+        s = self.server
+        if s:
+            lines.append(
+                f"  server CPU {s.get('cpu_seconds', 0):.2f} s ({s.get('cpu_cores', 0):.2f} cores), "
+                f"peak RSS {s.get('rss_peak_mib', 0):.1f} MiB"
+            )
+        lines.append(
+            f"  bytes served {self.bytes_served / 1e9:.3f} GB ({self.rootfs_bytes / 1e9:.3f} GB rootfs)"
+        )
+        if self.floor:
+            f = self.floor
+            lines.append(
+                f"  floor: bare sendfile {f['bytes_per_second'] / 1e9:.2f} GB/s -> {f['seconds']:.2f} s "
+                f"for these bytes; wall/floor {f['wall_over_floor']:.2f}"
+            )
+        lines.append(
+            f"  503 waits {self.waits}, retries {self.retries or 0}, errors {self.errors or 0}"
+        )
+        return "\n".join(lines)
+
+
+def _fmt(p: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:7.3f}" for k, v in p.items()) if p else "-"
+
+
+class ProcessMeter:
+    """CPU seconds and peak RSS of some processes (and their children) over a window."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.procs: list[psutil.Process] = []
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                self.procs += [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                continue
+        self.rss_peak = 0
+        self._cpu0 = self._cpu()
+        self._t0 = time.monotonic()
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
+    def sample(self) -> None:
+        rss = 0
+        for proc in self.procs:
+            try:
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        self.rss_peak = max(self.rss_peak, rss)
+
+    async def run(self, interval: float = 0.1) -> None:
+        while True:
+            self.sample()
+            await trio.sleep(interval)
+
+    def result(self) -> dict[str, float]:
+        if not self.procs:
+            return {}
+        self.sample()
+        cpu = self._cpu() - self._cpu0
+        seconds = time.monotonic() - self._t0
+        return {
+            "cpu_seconds": cpu,
+            "cpu_cores": cpu / seconds if seconds > 0 else 0.0,
+            "rss_peak_mib": self.rss_peak / 2**20,
+            "processes": float(len(self.procs)),
+        }
+
+
+@dataclass
+class _Link:
+    pair: netns.NetnsPair | None
+
+    @property
+    def name(self) -> str:
+        if self.pair is None:
+            return "loopback"
+        return f"veth pair ({self.pair.rate})" if self.pair.rate else "veth pair"
+
+    def make_socket(self, family: int, type: int) -> Any:
+        import socket
+
+        return self.pair.socket(family, type) if self.pair else socket.socket(family, type)
+
+    @property
+    def server_address(self) -> str:
+        return self.pair.server_address if self.pair else "127.0.0.1"
+
+    def relay(self) -> tuple[str, int]:
+        if self.pair:
+            return (self.pair.client_address, 67)
+        # A per-process loopback address: two storms at once never share port 67.
+        pid = os.getpid()
+        return (f"127.77.{(pid >> 8) & 255}.{pid & 255 or 1}", 67)
+
+    def node_network(self) -> str:
+        return netns.NODE_NETWORK if self.pair else LOOPBACK_NODE_NETWORK
+
+    def exec_prefix(self) -> list[str]:
+        return self.pair.exec_prefix("server") if self.pair else []
+
+
+def _start_process(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server process that prints one line (its port(s)) when ready; returns it and the line."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line:
+        proc.wait(timeout=10)
+        raise RuntimeError(f"{cmd[-1]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+    return proc, line
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def head_overrides(link: _Link, state_dir: Path, extra: Sequence[str]) -> list[str]:
+    """Head settings for a storm: every service on the link's server address; ports 0 on loopback."""
+    addr = link.server_address
+    # Standard ports inside a namespace (the relay answer goes to port 67 anyway); any free one on loopback.
+    dhcp, tftp, http = ("67", "69", "8081") if link.pair else ("0", "0", "0")
+    return [
+        f"head.state_dir={state_dir}", f"head.advertise_address={addr}", f"head.name=storm-{os.getpid()}",
+        f"dhcp.listen={addr}", f"dhcp.port={dhcp}", f"tftp.listen={addr}", f"tftp.port={tftp}",
+        f"http.listen={addr}", f"http.port={http}", "api.listen=127.0.0.1", "api.port=0",
+        *extra,
+    ]  # fmt: skip
+
+
+async def _measure_floor(
+    link: _Link, workdir: Path, store: ImageStore, c: content_mod.StormContent,
+    digests: FrameDigests, options: StormOptions,
+) -> floor.FloorResult:  # fmt: skip
+    stream = workdir / "floor-stream"
+    with open(stream, "wb") as out:
+        for chunk in c.manifest.chunks:
+            path = store.chunk_path(chunk.id)
+            assert path is not None
+            out.write(path.read_bytes())
+    cmd = [
+        *link.exec_prefix(),
+        sys.executable,
+        "-m",
+        "cwboot.sim.floor",
+        str(stream),
+        link.server_address,
+    ]
+    proc, line = _start_process(cmd, workdir / "floor.log")
+    try:
+        sources = [
+            netns.node_address(i, link.node_network()) for i in range(options.floor_connections)
+        ]
+        return await floor.measure(
+            link.server_address, int(line), c.manifest, digests,
+            connections=options.floor_connections, total_bytes=options.floor_bytes,
+            sources=sources, make_socket=link.make_socket,
+        )  # fmt: skip
+    finally:
+        _stop(proc)
+        stream.unlink()
+
+
+def _report(
+    options: StormOptions, link: _Link, swarm: SwarmResult, server: dict[str, float],
+    fl: floor.FloorResult | None,
+) -> StormReport:  # fmt: skip
+    results: list[NodeResult] = swarm.nodes
+    ok = [r for r in results if r.ok]
+    phases = {
+        name: percentiles([r.phases[name][1] - r.phases[name][0] for r in ok if name in r.phases])
+        for name in PHASES
+    }
+    served = sum(sum(r.bytes.values()) for r in results)
+    rootfs = sum(r.bytes.get("rootfs", 0) for r in results)
+    wall = max((r.up for r in ok), default=0.0) if len(ok) == len(results) else swarm.wall
+    retries: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r.retries.items():
+            retries[k] = retries.get(k, 0) + v
+        if r.error:
+            key = r.error.split(":", 1)[0] + ": " + r.error.split(":", 1)[-1].strip()[:80]
+            errors[key] = errors.get(key, 0) + 1
+    floor_doc: dict[str, float] = {}
+    if fl is not None and fl.bytes_per_second > 0:
+        seconds = served / fl.bytes_per_second
+        floor_doc = {
+            "bytes_per_second": fl.bytes_per_second, "measured_bytes": float(fl.bytes),
+            "measured_seconds": fl.seconds, "connections": float(fl.connections),
+            "seconds": seconds, "wall_over_floor": wall / seconds if seconds else 0.0,
+        }  # fmt: skip
+    settings = {
+        "image": options.image, "kernel_mib": options.kernel_mib, "initramfs_mib": options.initramfs_mib,
+        "rate": options.rate, "launch_rate": options.launch_rate, "head_settings": options.head_settings,
+        "node": dataclasses.asdict(options.node), "cpus": os.cpu_count(),
+        "dhcp_sent": swarm.dhcp_sent, "dhcp_received": swarm.dhcp_received, "relay_drops": swarm.relay_drops,
+        "http_connects": swarm.http.connects, "http_requests": swarm.http.requests,
+    }  # fmt: skip
+    return StormReport(
+        target=options.target, link=link.name, nodes=len(results), up=len(ok),
+        failures=len(results) - len(ok), wall=wall,
+        boot=percentiles([r.up - r.started for r in ok]), phases=phases,
+        up_times=sorted(r.up for r in ok), server=server, bytes_served=served, rootfs_bytes=rootfs,
+        floor=floor_doc, waits=sum(r.waits for r in results), retries=retries, errors=errors,
+        settings=settings, node_results=[r.to_dict() for r in results],
+    )  # fmt: skip
+
+
+async def _storm(
+    options: StormOptions, link: _Link, targets: SwarmTargets, image_url: str, pids: list[int],
+    fl: floor.FloorResult | None, digests: FrameDigests,
+) -> StormReport:  # fmt: skip
+    source = netns.node_address(0, link.node_network())
+    await prove_image(image_url, digests, source=source, make_socket=link.make_socket)
+    meter = ProcessMeter(pids)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meter.run)
+        swarm = await run_swarm(targets, options.nodes, config=options.node, digests=digests,
+                                launch_rate=options.launch_rate)  # fmt: skip
+        nursery.cancel_scope.cancel()
+    return _report(options, link, swarm, meter.result(), fl)
+
+
+async def run_storm(options: StormOptions) -> StormReport:
+    """Set up link, content and target, measure the floor, run the storm; everything torn down after."""
+    if options.target not in TARGETS:
+        raise ValueError(f"target {options.target!r}: expected one of {', '.join(TARGETS)}")
+    if options.target == "dnsmasq" and not options.netns:
+        raise ValueError("the dnsmasq baseline needs --netns (dnsmasq does no DHCP on loopback)")
+    if options.target == "running" and options.running is None:
+        raise ValueError("target 'running' needs RunningTarget (ports and URLs)")
+    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="cwboot-storm-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    pair = netns.create_pair(rate=options.rate) if options.netns else None
+    link = _Link(pair)
+    procs: list[subprocess.Popen[bytes]] = []
+    stack: baseline.BaselineStack | None = None
+    try:
+        digests = FrameDigests()
+        if options.target == "running":
+            assert options.running is not None
+            r = options.running
+            relay = (r.relay[0] or link.relay()[0], r.relay[1])
+            targets = SwarmTargets(r.dhcp, relay, r.tftp_port, node_network=link.node_network(),
+                                   make_socket=link.make_socket)  # fmt: skip
+            return await _storm(options, link, targets, f"{r.http_url}/images/{r.image}/{r.version}",
+                                r.pids, None, digests)  # fmt: skip
+        state = workdir / "state"
+        overrides = head_overrides(link, state, options.head_settings)
+        config = cwconfig.load(None, overrides)
+        store = ImageStore.from_config(config)
+        c = await trio.to_thread.run_sync(lambda: content_mod.prepare(
+            store, workdir / "content", image=options.image,
+            kernel_mib=options.kernel_mib, initramfs_mib=options.initramfs_mib))  # fmt: skip
+        source_digests = digests
+        fl = None
+        if options.measure_floor:
+            for chunk in c.manifest.chunks:
+                path = store.chunk_path(chunk.id)
+                assert path is not None
+                source_digests.prove(chunk, path.read_bytes())
+            fl = await _measure_floor(link, workdir, store, c, source_digests, options)
+        digests = FrameDigests()  # the storm proves its frames from the target itself
+        macs = [mac_for(i) for i in range(options.nodes)]
+        if options.target == "dnsmasq":
+            assert pair is not None
+            stack = baseline.start(workdir / "baseline", pair, store, c, macs)
+            targets = SwarmTargets((pair.server_address, 67), link.relay(), 69,
+                                   node_network=link.node_network(), make_socket=link.make_socket)  # fmt: skip
+            image_url = f"{stack.http_url}/images/{c.image}/{c.version}"
+            return await _storm(options, link, targets, image_url, stack.pids, fl, digests)
+        await head_process.seed(config, c, options.nodes)
+        cmd = [*link.exec_prefix(), sys.executable, "-m", "cwboot.sim.head_process", *overrides]
+        proc, line = _start_process(cmd, workdir / "head.log")
+        procs.append(proc)
+        ports = json.loads(line)
+        addr = link.server_address
+        targets = SwarmTargets((addr, ports["dhcp"]), link.relay(), ports["tftp"],
+                               node_network=link.node_network(), make_socket=link.make_socket)  # fmt: skip
+        image_url = f"http://{addr}:{ports['http']}/images/{c.image}/{c.version}"
+        return await _storm(options, link, targets, image_url, [proc.pid], fl, digests)
+    finally:
+        for proc in procs:
+            _stop(proc)
+        if stack is not None:
+            stack.stop()
+        if pair is not None:
+            netns.destroy_pair(pair)
+        if not options.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def plot(reports: Sequence[StormReport], path: str | os.PathLike[str]) -> None:
+    """PNG of nodes up over time, one curve per report (e.g. cwboot and the baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for report in reports:
+        xs = [0.0, *report.up_times]
+        ys = list(range(len(xs)))
+        label = f"{report.target} ({report.up}/{report.nodes} up, {report.wall:.1f} s)"
+        ax.step(xs, ys, where="post", label=label)
+        if report.floor:
+            ax.axvline(report.floor["seconds"], linestyle=":", color="grey")
+    ax.set_xlabel("seconds since power-on")
+    ax.set_ylabel("nodes up")
+    title = (
+        f"boot storm: {reports[0].nodes} nodes over {reports[0].link}" if reports else "boot storm"
+    )
+    ax.set_title(title + " (dotted: bandwidth floor)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
