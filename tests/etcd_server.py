@@ -39,6 +39,7 @@ class EtcdServer:
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cwboot-etcd-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.extra_args = extra_args
         self.client_port = 0
         self.peer_port = 0

@@ -63,6 +63,10 @@ _MAX_MESSAGE = 256 << 20
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
     ("grpc.max_send_message_length", _MAX_MESSAGE),
+    # gRPC's default reconnect back-off grows to 2 minutes; a head must notice etcd is back sooner.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 # The trio side went away (watch closed, or the run ended): the stream thread just stops.
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError)
@@ -122,13 +126,15 @@ class EtcdStore(Store):
             return self._client
 
     def _failover(self, client: etcd3.Etcd3Client) -> None:
-        """Drop a client that just failed; the next call dials the next endpoint."""
+        """After ``client`` failed, make the next call dial the next endpoint.
+
+        With one endpoint the channel stays: gRPC reconnects it by itself.
+        """
         with self._lock:
-            if self._client is client:
+            if self._client is client and len(self.endpoints) > 1:
                 self._client = None
                 self._current = (self._current + 1) % len(self.endpoints)
-                if len(self.endpoints) > 1:
-                    client.close()
+                client.close()
 
     def _call(self, fn: Callable[[etcd3.Etcd3Client], T]) -> T:
         client = self._connected()
