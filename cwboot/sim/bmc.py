@@ -70,6 +70,8 @@ class BmcOptions:
     delay: float = 0.0
     # Cipher suites offered, in preference order.
     cipher_suites: tuple[int, ...] = (17, 3)
+    # Answer this many Open Session Requests with "insufficient resources" (a busy BMC).
+    refuse_sessions: int = 0
 
 
 @dataclass
@@ -120,6 +122,7 @@ class SimulatedBmc:
         self.last_boot_device = ""
         self.stats = BmcStats()
         self._sessions: dict[int, _Session] = {}
+        self._refused = 0
 
     # -- state seen by tests
 
@@ -234,7 +237,8 @@ class SimulatedBmc:
         suite = wire.suite_for(p[12] & 0x3F, p[20] & 0x3F, p[28] & 0x3F, self.options.cipher_suites)
         if suite is None:
             return fail(wire.STATUS_NO_CIPHER_SUITE_MATCH)
-        if len(self._sessions) >= MAX_SESSIONS:
+        if len(self._sessions) >= MAX_SESSIONS or self._refused < self.options.refuse_sessions:
+            self._refused += 1
             return fail(wire.STATUS_NO_RESOURCES)
         managed_id = struct.unpack("<I", os.urandom(4))[0] or 1
         while managed_id in self._sessions:
