@@ -83,7 +83,12 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 class EmbeddedStore(Store):
-    """SQLite-backed Store. ``clock`` is wall time in seconds (lease expiry; injectable for tests)."""
+    """SQLite-backed Store.
+
+    ``clock`` is wall time in seconds (lease expiry; injectable for tests);
+    ``max_events`` bounds the change log; ``lock_timeout`` is how long to wait
+    for a file another process holds before StoreUnavailable.
+    """
 
     # Chunk bulk writes at this size so one transaction never holds the worker for long.
     max_txn_ops = 65536
@@ -95,6 +100,7 @@ class EmbeddedStore(Store):
         *,
         clock: Callable[[], float] = time.time,
         max_events: int = 200_000,
+        lock_timeout: float = 2.0,
     ) -> None:
         self.path = Path(path)
         self.clock = clock
@@ -102,7 +108,7 @@ class EmbeddedStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=2.0
+                self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
             )
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
