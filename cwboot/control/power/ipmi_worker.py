@@ -49,13 +49,13 @@ class OpFailed(Exception):
 
 def _login_error(exc: Exception) -> OpFailed:
     text = str(exc.args[0]) if exc.args and exc.args[0] else ""
-    if not text or text == "None" or "timeout" in text.lower():
-        return OpFailed("no answer from the BMC (login timed out)")
     low = text.lower()
+    if "insufficient resources" in low:  # its message also says "wait for ... timeout"
+        return OpFailed("login refused: the BMC has no free session", retryable=True)
+    if not text or text == "None" or "timeout" in low:
+        return OpFailed("no answer from the BMC (login timed out)")
     if "password" in low or "unauthorized name" in low or "rakp" in low:
         return OpFailed("login refused: wrong user name or password")
-    if "insufficient resources" in low:
-        return OpFailed("login refused: the BMC has no free session", retryable=True)
     return OpFailed(f"login failed: {text}")
 
 

@@ -1,0 +1,263 @@
+"""The power service end to end: PowerService -> IPMI worker processes (pyghmi) -> simulated BMCs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from cwboot.config import PowerConfig
+from cwboot.control.power import PowerRequest, PowerResult, PowerService, serve_power
+from cwboot.sim.bmc import BmcFarm, BmcOptions, SimulatedBmc, make_bmcs, serve_bmcs
+
+Scenario = Callable[[BmcFarm, PowerService], Awaitable[None]]
+
+
+def run_with(
+    bmcs: list[SimulatedBmc], config: PowerConfig, scenario: Scenario, password: str = "password"
+) -> None:
+    """Serve ``bmcs``, nodes n0.. pointing at them, a power service; run ``scenario``; stop all."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            farm = await nursery.start(serve_bmcs, bmcs)
+            nodes = {
+                f"n{i}": {
+                    "name": f"n{i}",
+                    "power_uri": f"ipmi://admin@127.0.0.1:{port}",
+                    "power_password": password,
+                }
+                for i, port in enumerate(farm.ports)
+            }
+            service = await nursery.start(serve_power, config, nodes.get)
+            with trio.fail_after(60):
+                await scenario(farm, service)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def names(n: int) -> list[str]:
+    return [f"n{i}" for i in range(n)]
+
+
+def by_node(results: list[PowerResult]) -> dict[str, PowerResult]:
+    return {r.node: r for r in results}
+
+
+def test_every_operation() -> None:
+    bmcs = make_bmcs(3)
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        async def do(request: PowerRequest) -> dict[str, PowerResult]:
+            results = by_node(await power.run(names(3), request))
+            assert all(r.ok for r in results.values()), results
+            return results
+
+        assert {r.state for r in (await do(PowerRequest("status"))).values()} == {"off"}
+        on = await do(PowerRequest("on", bootdev="pxe"))
+        assert {(r.state, r.bootdev) for r in on.values()} == {("on", "pxe")}
+        assert all(
+            b.power_on and b.last_boot_device == "pxe" and b.boot_device == "none" for b in bmcs
+        )
+        assert {r.state for r in (await do(PowerRequest("status"))).values()} == {"on"}
+        await do(PowerRequest("bootdev", bootdev="disk", persistent=True))
+        assert all((b.boot_device, b.boot_persistent) == ("disk", True) for b in bmcs)
+        await do(PowerRequest("cycle"))
+        await do(PowerRequest("reset"))
+        assert {r.state for r in (await do(PowerRequest("soft"))).values()} == {"off"}
+        # cycle and reset of a node that is off boot it (the BMC refuses them as such).
+        await do(PowerRequest("cycle"))
+        await do(PowerRequest("off"))
+        await do(PowerRequest("reset"))
+        await do(PowerRequest("off"))
+        assert all(not b.power_on for b in bmcs)
+        assert bmcs[0].history == ["on", "cycle", "reset", "soft", "on", "off", "on", "off"]
+        assert bmcs[0].last_boot_device == "disk"  # persistent boot device kept
+
+    run_with(bmcs, PowerConfig(workers=4, max_concurrent=4), scenario)
+    for b in bmcs:
+        assert b.stats.sessions_opened == 11
+        assert b.stats.peak_active == 1
+
+
+def test_silent_slow_and_wrong_password_fail_alone() -> None:
+    healthy = make_bmcs(6)
+    silent = SimulatedBmc("silent", BmcOptions(silent=True))
+    slow = SimulatedBmc("slow", BmcOptions(delay=0.1))
+    other_password = SimulatedBmc("pw", BmcOptions(password="another"))
+    bmcs = [*healthy, silent, slow, other_password]
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        start = trio.current_time()
+        arrived: list[tuple[float, PowerResult]] = []
+        async with power.submit(names(len(bmcs)), PowerRequest("on", bootdev="pxe")) as results:
+            async for result in results:
+                arrived.append((trio.current_time() - start, result))
+        got = {r.node: (t, r) for t, r in arrived}
+        for i in range(6):
+            t, r = got[f"n{i}"]
+            assert r.ok and r.state == "on" and t < 1.5, (t, r)
+        t, r = got["n6"]
+        assert not r.ok and r.error.startswith("timed out after 2 s") and 1.9 < t < 3.0, (t, r)
+        t, r = got["n7"]
+        assert r.ok and r.state == "on", r
+        t, r = got["n8"]
+        assert (
+            not r.ok and r.error == "login refused: wrong user name or password" and r.attempts == 1
+        ), r
+        # The healthy ones came back first, as they completed; the silent one last.
+        assert arrived[-1][1].node == "n6"
+
+    run_with(bmcs, PowerConfig(workers=8, max_concurrent=16, timeout=2.0), scenario)
+    assert all(b.power_on for b in healthy) and slow.power_on
+    assert not silent.power_on and not other_password.power_on
+
+
+def test_budget_one_operation_per_bmc_and_cluster_cap() -> None:
+    bmcs = make_bmcs(12, BmcOptions(delay=0.02))
+    sampled_peak = 0
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        nonlocal sampled_peak
+
+        async def sample() -> None:
+            nonlocal sampled_peak
+            while True:
+                sampled_peak = max(sampled_peak, sum(b.stats.active for b in bmcs))
+                await trio.sleep(0.002)
+
+        collected: list[PowerResult] = []
+
+        async def one_request(request: PowerRequest) -> None:
+            # Every node twice in one request, and three requests at once.
+            collected.extend(await power.run(names(12) * 2, request))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            async with trio.open_nursery() as requests:
+                for request in (
+                    PowerRequest("status"),
+                    PowerRequest("on"),
+                    PowerRequest("bootdev", bootdev="pxe"),
+                ):
+                    requests.start_soon(one_request, request)
+            nursery.cancel_scope.cancel()
+        assert len(collected) == 72 and all(r.ok for r in collected)
+        assert power.stats.peak_per_bmc == 1
+        assert power.stats.peak_in_flight == 3
+
+    run_with(bmcs, PowerConfig(workers=2, max_concurrent=3), scenario)
+    assert max(b.stats.peak_active for b in bmcs) == 1
+    assert 1 <= sampled_peak <= 3
+    assert sum(b.stats.sessions_opened for b in bmcs) == 72
+    assert sum(b.stats.sessions_closed for b in bmcs) == 72
+
+
+def test_busy_bmc_is_retried_with_a_fresh_session() -> None:
+    bmcs = [
+        SimulatedBmc("busy", BmcOptions(refuse_sessions=2)),
+        SimulatedBmc("busy2", BmcOptions(refuse_sessions=2)),
+    ]
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        (result,) = await power.run(["n0"], PowerRequest("on"))
+        assert result.ok and result.attempts == 2, result
+        assert power.stats.retries == 1
+
+    run_with(bmcs, PowerConfig(workers=2, max_concurrent=2, retries=2), scenario)
+
+    async def no_retries(farm: BmcFarm, power: PowerService) -> None:
+        (result,) = await power.run(["n1"], PowerRequest("on"))
+        assert not result.ok and result.error == "login refused: the BMC has no free session", (
+            result
+        )
+        assert result.attempts == 1
+
+    run_with(bmcs, PowerConfig(workers=2, max_concurrent=2, retries=0), no_retries)
+
+
+def test_power_on_is_shaped_into_waves() -> None:
+    started: list[float] = []
+    bmcs = make_bmcs(8, hook=lambda bmc, action: started.append(trio.current_time()))
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        t0 = trio.current_time()
+        await power.run(names(8), PowerRequest("status"))
+        assert trio.current_time() - t0 < 1.0  # status is not shaped
+        results = await power.run(names(8), PowerRequest("on"))
+        assert all(r.ok for r in results)
+
+    run_with(bmcs, PowerConfig(workers=8, max_concurrent=8, wave_rate=10.0), scenario)
+    started.sort()
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    assert len(started) == 8
+    assert min(gaps) > 0.07, gaps  # 10 per second, give or take scheduling
+    assert started[-1] - started[0] > 0.65
+
+
+def test_unknown_nodes_and_bad_power_settings_are_per_node_errors() -> None:
+    bmcs = make_bmcs(1)
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        power.lookup = {
+            "n0": {
+                "name": "n0",
+                "power_uri": f"ipmi://admin@127.0.0.1:{farm.ports[0]}",
+                "power_password": "password",
+            },
+            "bare": {"name": "bare"},
+            "redfish": {"name": "redfish", "power_uri": "redfish://admin@127.0.0.1:443"},
+        }.get
+        results = by_node(
+            await power.run(["n0", "bare", "redfish", "ghost"], PowerRequest("status"))
+        )
+        assert results["n0"].ok
+        assert results["bare"].error == "node bare has no power_uri"
+        assert "scheme 'redfish' is not supported" in results["redfish"].error
+        assert results["ghost"].error == "no node named 'ghost'"
+
+    run_with(bmcs, PowerConfig(workers=1, max_concurrent=1), scenario)
+
+
+def test_password_is_never_logged_or_returned(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "hunter2-Secret"
+    bmcs = [
+        SimulatedBmc("ok", BmcOptions(password=secret)),
+        SimulatedBmc("other", BmcOptions(password="x")),
+    ]
+    seen: list[dict[str, Any]] = []
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        for request in (PowerRequest("status"), PowerRequest("on", bootdev="pxe")):
+            for result in await power.run(names(2), request):
+                seen.append(result.to_json())
+        targets, _ = power.resolve(["n0"])
+        assert secret not in repr(targets)
+
+    with caplog.at_level(logging.DEBUG):
+        run_with(bmcs, PowerConfig(workers=2, max_concurrent=2), scenario, password=secret)
+    assert [r["ok"] for r in seen[:2]].count(True) == 1
+    assert secret not in json.dumps(seen)
+    assert secret not in caplog.text
+
+
+def test_head_with_thousands_of_descriptors_still_powers_nodes() -> None:
+    """pyghmi's select() breaks on fds >= 1024; it runs in worker processes that have few."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) >= 1024
+
+        async def scenario(farm: BmcFarm, power: PowerService) -> None:
+            results = await power.run(names(4), PowerRequest("on"))
+            assert all(r.ok for r in results), results
+
+        run_with(make_bmcs(4), PowerConfig(workers=2, max_concurrent=4), scenario)
+    finally:
+        for fd in held:
+            os.close(fd)
