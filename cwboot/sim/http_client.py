@@ -187,15 +187,8 @@ class HttpConnection:
             lines.append(f"Content-Length: {len(body)}")
         await self._send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         self.stats.requests += 1
-        head = self._pending
-        while (end := head.find(b"\r\n\r\n")) < 0:
-            if len(head) > MAX_HEAD_BYTES:
-                raise HttpError("response head too large")
-            n = await self._recv(sock)
-            head += _VIEW[:n]
-        status, resp_headers = parse_response_head_untrusted(bytes(head[:end]))
-        rest = bytes(head[end + 4 :])
-        self._pending = bytearray()
+        head, rest = await self._read_head(sock)
+        status, resp_headers = parse_response_head_untrusted(head)
         response = Response(status, resp_headers)
         collected = bytearray()
         if not 200 <= status < 300:
@@ -218,9 +211,10 @@ class HttpConnection:
         elif length is None:
             raise HttpError("response without content-length (close-delimited bodies unsupported)")
         else:
+            # ``rest`` may point into the shared buffer: used up before the next await.
             take = min(length, len(rest))
             if take:
-                deliver(memoryview(rest)[:take])
+                deliver(rest[:take])
             self._pending += rest[take:]
             remaining = length - take
             while remaining:
@@ -236,8 +230,30 @@ class HttpConnection:
             self.close()
         return response
 
+    async def _read_head(self, sock: socket.socket) -> tuple[bytes, memoryview]:
+        """The response head, and the bytes after it (a view that is valid until the next await).
+
+        Body bytes that arrive with the head are not copied: the terminator is
+        looked for in the shared buffer itself (a head split across reads is
+        the rare case that gets copied).
+        """
+        head = self._pending
+        self._pending = bytearray()
+        while True:
+            end = head.find(b"\r\n\r\n")
+            if end >= 0:
+                return bytes(head[:end]), memoryview(bytes(head[end + 4 :]))
+            if len(head) > MAX_HEAD_BYTES:
+                raise HttpError("response head too large")
+            n = await self._recv(sock)
+            if not head:
+                end = _SHARED.find(b"\r\n\r\n", 0, n)
+                if end >= 0:
+                    return bytes(_VIEW[:end]), _VIEW[end + 4 : n]
+            head += _VIEW[:n]
+
     async def _read_chunked(
-        self, sock: socket.socket, rest: bytes, deliver: Callable[[memoryview], None]
+        self, sock: socket.socket, rest: memoryview, deliver: Callable[[memoryview], None]
     ) -> None:
         """RFC 9112 7.1, small bodies only (scripts): buffer it all, then decode."""
         data = bytearray(rest)
