@@ -54,10 +54,18 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """``method`` on ``path`` (relative to the API URL); the decoded JSON answer or None (204)."""
         try:
-            response = self._http.request(method, path, params=params, json=json)
+            response = self._http.request(method, path, params=params, json=json, headers=headers)
         except httpx.TimeoutException:
             raise ApiRequestError(0, f"the API at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
@@ -90,9 +98,13 @@ class ApiClient:
     def create_object(self, kind: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", self._path(kind), json=dict(doc))
 
-    def create_objects(self, kind: str, docs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One POST with a JSON list: the server adds them in batched transactions."""
-        return self.request("POST", self._path(kind), json=[dict(d) for d in docs])
+    def create_objects(
+        self, kind: str, docs: Sequence[Mapping[str, Any]], *, minimal: bool = False
+    ) -> list[dict[str, Any]]:
+        """One POST with a JSON list: the server adds them in batched transactions.
+        ``minimal``: the answer holds only each object's uid and name."""
+        headers = {"prefer": "return=minimal"} if minimal else None
+        return self.request("POST", self._path(kind), json=[dict(d) for d in docs], headers=headers)
 
     def update_object(self, kind: str, ref: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", self._path(kind, ref), json=dict(patch))

@@ -78,7 +78,7 @@ def _add(args: argparse.Namespace) -> int:
         if not docs:
             raise CliError(f"{args.file}: no nodes in it")
         with api_client(args) as client:
-            created = client.create_objects("node", docs)
+            created = client.create_objects("node", docs, minimal=not args.json)
         if args.json:
             print_json(created)
         else:

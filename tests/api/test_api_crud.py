@@ -69,6 +69,14 @@ def test_bulk_create_is_one_request_and_returns_every_object(admin: httpx.Client
     assert len(listed) == 500 and listed[0]["name"] == "n0" and listed[-1]["name"] == "n499"
 
 
+def test_bulk_create_can_answer_with_uids_and_names_only(admin: httpx.Client) -> None:
+    docs = [{"index": i, "mac": mac(i), "power_password": "pw"} for i in range(20)]
+    r = admin.post("/api/v1/nodes", json=docs, headers={"prefer": "return=minimal"})
+    assert r.status_code == 201 and r.headers["preference-applied"] == "return=minimal"
+    assert [set(d) for d in r.json()] == [{"uid", "name"}] * 20
+    assert r.json()[3] == {"uid": admin.get("/api/v1/nodes/n3").json()["uid"], "name": "n3"}
+
+
 def test_bulk_create_of_an_empty_list_creates_nothing(admin: httpx.Client) -> None:
     r = admin.post("/api/v1/nodes", json=[])
     assert r.status_code == 201 and r.json() == []
