@@ -22,7 +22,7 @@ Choices made here:
   Any other missing pool is an InvalidObject naming the field.
 - References between objects (``boot_config``, ``image``) are not checked:
   a boot config may be created after the nodes that use it. A naming pool
-  still used by nodes cannot be deleted.
+  still used by nodes cannot be deleted, renamed or given another prefix.
 - Creating nodes with explicit indexes does not move the pool's
   ``next_index``; enrolment skips indexes whose names are taken.
 - ``create_many`` writes in transactions as large as the backend takes
@@ -368,6 +368,13 @@ class Objects:
                 )
             if new == current:
                 return current
+            if kind == "naming_pool" and (new["prefix"], new["name"]) != (current["prefix"], current["name"]):
+                users = await self.list("node", {"naming_pool": current["name"]})
+                if users:
+                    raise Conflict(
+                        f"naming pool {current['name']!r} is used by {len(users)} nodes:"
+                        " its name and prefix cannot change (their names derive from them)"
+                    )
             if new["last_modified"] == current["last_modified"]:  # only the derived name changed
                 new["last_modified"] = self.clock()
             uid = current["uid"]

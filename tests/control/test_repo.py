@@ -190,6 +190,8 @@ async def test_delete_frees_name_and_macs(make_store: StoreFactory) -> None:
     try:
         node = await objs.create("node", {"index": 1, "mac": [MAC.format(1)]})
         await expect(Conflict, objs.delete("naming_pool", "default"), "used by 1 nodes")
+        await expect(Conflict, objs.update("naming_pool", "default", {"prefix": "x"}), "used by 1 nodes")
+        await objs.update("naming_pool", "default", {"ip_offset": 5})  # other fields may change
         await objs.delete("node", "n1")
         await expect(NotFound, objs.get("node", node["uid"]))
         assert set(await index_keys(store)) == {name_key("naming_pool", "default")}

@@ -67,6 +67,11 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Notice a dead peer on an idle watch stream (etcd's --grpc-keepalive-min-time is 5 s).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 # The trio side went away (watch closed, or the run ended): the stream thread just stops.
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError)
