@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "nodes",
     "bootconfigs",
     "images",
+    "image_ops",
     "pools",
     "status",
     "heads",
