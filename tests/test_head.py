@@ -1,0 +1,132 @@
+"""A whole head node on loopback: every service binds, registers itself, answers from the store.
+
+Real sockets on 127.0.0.1 (ports chosen by the kernel), the embedded store in a
+temp dir, the REST API over HTTP, and the DHCP service spoken to as a relay
+agent would (needs root for port 67): a node created through the API gets its
+address from DHCP.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import socket
+import struct
+from pathlib import Path
+
+import httpx
+import trio
+
+from cwboot import config as cwconfig
+from cwboot.head import HeadPorts, run_head
+from cwboot.protocol import dhcp
+
+TOKEN = "test-admin-token"
+
+
+def head_config(state: Path, **extra: str) -> cwconfig.Config:
+    overrides = [
+        f"head.state_dir={str(state)!r}",
+        "head.name=h1",
+        "head.advertise_address=127.0.0.1",
+        "api.port=0",
+        "http.port=0",
+        "http.listen=127.0.0.1",
+        "tftp.port=0",
+        "tftp.listen=127.0.0.1",
+        "dhcp.port=0",
+        "dhcp.listen=127.0.0.1",
+        f'api.admin_tokens=["{TOKEN}"]',
+        "store.lease_ttl=5",
+        *(f"{k}={v}" for k, v in extra.items()),
+    ]
+    return cwconfig.from_dict(_as_dict(overrides))
+
+
+def _as_dict(overrides: list[str]) -> dict:
+    data: dict = {}
+    for text in overrides:
+        section, key, value = cwconfig.parse_override(text)
+        data.setdefault(section, {})[key] = value
+    return data
+
+
+def discover(mac: bytes, xid: int, relay: str) -> bytes:
+    """A relayed DHCPDISCOVER (giaddr = our loopback address), as a PXE ROM would send."""
+    fixed = struct.pack(
+        "!BBBBIHH4s4s4s4s16s64s128s",
+        1, 1, 6, 1, xid, 0, 0, b"\0" * 4, b"\0" * 4, b"\0" * 4,
+        socket.inet_aton(relay), mac.ljust(16, b"\0"), b"", b"",
+    )  # fmt: skip
+    options = bytes([53, 1, 1, 60, 9]) + b"PXEClient" + bytes([93, 2, 0, 0, 255])
+    return fixed + b"\x63\x82\x53\x63" + options
+
+
+def test_head_serves_every_service_from_the_store(tmp_path: Path) -> None:
+    trio.run(_serves_every_service, tmp_path)
+
+
+async def _serves_every_service(tmp_path: Path) -> None:
+    cfg = head_config(tmp_path / "state")
+    async with trio.open_nursery() as nursery:
+        ports: HeadPorts = await nursery.start(functools.partial(run_head, cfg))
+        assert all((ports.api, ports.http, ports.tftp, ports.dhcp))
+        assert any("DHCP" in line for line in ports.describe())
+        api = f"http://127.0.0.1:{ports.api}/api/v1"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(headers=auth, timeout=10) as client:
+            heads = (await client.get(f"{api}/heads")).json()
+            assert [h["name"] for h in _items(heads)] == ["h1"]
+            r = await client.post(f"{api}/naming_pools", json={"name": "default", "network": "10.54.0.0/16"})
+            assert r.status_code in (200, 201), r.text
+            r = await client.post(f"{api}/nodes", json={"index": 7, "mac": ["52:54:00:00:00:07"]})
+            assert r.status_code in (200, 201), r.text
+
+        # The node reaches the DHCP service through the cache (watch), not the store.
+        # Replies to a relay go to giaddr:67 (RFC 2131 4.1): be a relay on a loopback address of our own.
+        relay = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            await sock.bind((relay, 67))
+            reply = None
+            with trio.move_on_after(10):
+                while reply is None:
+                    await sock.sendto(
+                        discover(bytes.fromhex("525400000007"), 0x1234, relay),
+                        ("127.0.0.1", ports.dhcp),
+                    )
+                    with trio.move_on_after(0.5):
+                        data, _ = await sock.recvfrom(4096)
+                        reply = dhcp.parse_untrusted(data)
+        assert reply is not None, "no DHCPOFFER for a node created through the API"
+        assert socket.inet_ntoa(reply.yiaddr) == "10.54.0.107"
+        nursery.cancel_scope.cancel()
+
+
+def _items(body: object) -> list:
+    if isinstance(body, dict):
+        for key in ("items", "objects", "heads"):
+            if key in body:
+                return body[key]
+    assert isinstance(body, list)
+    return body
+
+
+def test_restart_keeps_objects(tmp_path: Path) -> None:
+    trio.run(_restart_keeps_objects, tmp_path)
+
+
+async def _restart_keeps_objects(tmp_path: Path) -> None:
+    cfg = head_config(tmp_path / "state")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for attempt in range(2):
+        async with trio.open_nursery() as nursery:
+            ports: HeadPorts = await nursery.start(functools.partial(run_head, cfg))
+            api = f"http://127.0.0.1:{ports.api}/api/v1"
+            async with httpx.AsyncClient(headers=auth, timeout=10) as client:
+                if attempt == 0:
+                    r = await client.post(f"{api}/boot_configs", json={"name": "keep", "cmdline": "quiet"})
+                    assert r.status_code in (200, 201), r.text
+                else:
+                    r = await client.get(f"{api}/boot_configs/keep")
+                    assert r.status_code == 200 and r.json()["cmdline"] == "quiet"
+            nursery.cancel_scope.cancel()
