@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cwboot.protocol.dhcp import DhcpPacket
 from cwboot.protocol.dhcp import _spec as dhcp
@@ -49,8 +49,9 @@ class NodeLookup(Protocol):
     def node_ip(self, node: Mapping[str, Any]) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
+    """Fields and options of the BOOTREPLY (a NamedTuple: one is built per packet)."""
+
     message_type: int
     ciaddr: bytes
     yiaddr: bytes
@@ -212,7 +213,7 @@ class BootPolicy:
         if domain:
             network.append((dhcp.OPT_DOMAIN, domain.encode()))
         self.network_options = tuple(network)
-        self._packed: dict[str, bytes] = {}
+        self._templates: dict[tuple[str, str, int | None], _Template] = {}
 
     @classmethod
     def from_config(cls, config: Any, *, head_address: str, http_port: int) -> BootPolicy:
@@ -245,9 +246,9 @@ class BootPolicy:
     ) -> Decision:
         """The answer to ``request``; ``boot_server`` when it came to the PXE port 4011."""
         if request.op != dhcp.BOOTREQUEST:
-            return Ignore(NOT_A_REQUEST)
+            return _IGNORE[NOT_A_REQUEST]
         if request.htype != 1 or request.hlen != 6:
-            return Ignore(NOT_ETHERNET)
+            return _IGNORE[NOT_ETHERNET]
         mtype = request.message_type
         options = request.options
         if mtype == dhcp.DHCPDISCOVER:
@@ -256,104 +257,112 @@ class BootPolicy:
             reply_type = dhcp.DHCPACK
             server_id = options.get(dhcp.OPT_SERVER_ID)
             if server_id is not None and server_id != self.server_id:
-                return Ignore(OTHER_SERVER)
+                return _IGNORE[OTHER_SERVER]
             if self.proxy and not boot_server and mtype == dhcp.DHCPREQUEST:
-                return Ignore(PROXY_REQUEST)
+                return _IGNORE[PROXY_REQUEST]
         elif mtype == 0:
-            return Ignore(BOOTP)
+            return _IGNORE[BOOTP]
         elif mtype == dhcp.DHCPRELEASE or mtype == dhcp.DHCPDECLINE:
-            return Ignore(RELEASE)
+            return _IGNORE[RELEASE]
         else:
-            return Ignore(UNEXPECTED_TYPE)
+            return _IGNORE[UNEXPECTED_TYPE]
 
-        kind, arch, warning = self._classify(options)
+        kind, arch, warning = classify(options)
         if self.proxy and kind == PLAIN:
-            return Ignore(PROXY_NOT_PXE)
-        node = lookup.node_by_mac(request.mac)
+            return _IGNORE[PROXY_NOT_PXE]
+        mac = request.mac
+        node = lookup.node_by_mac(mac)
         if node is None:
-            return Enrol(request.mac) if self.enrol else Ignore(UNKNOWN_MAC)
+            return Enrol(mac) if self.enrol else _IGNORE[UNKNOWN_MAC]
+        ip = "" if self.proxy else lookup.node_ip(node)
+        if not ip and not self.proxy:
+            return _IGNORE[NO_ADDRESS]
+        template = self._template(node, ip, mac, kind, arch)
 
-        reply_options: list[tuple[int, bytes]] = [(dhcp.OPT_SERVER_ID, self.server_id)]
-        yiaddr = _ZERO
+        yiaddr = template.yiaddr
         ciaddr = _ZERO
-        if not self.proxy:
-            ip = lookup.node_ip(node)
-            if not ip:
-                return Ignore(NO_ADDRESS)
-            yiaddr = self._pack(ip)
-            if mtype == dhcp.DHCPINFORM:
-                # RFC 2131 4.3.5: no address, no lease; answer to ciaddr.
+        if self.proxy:
+            reply_options = [*template.boot_options]
+            if boot_server:
                 ciaddr = request.ciaddr
-                yiaddr = _ZERO
-            else:
-                if mtype == dhcp.DHCPREQUEST:
-                    requested = options.get(dhcp.OPT_REQUESTED_IP) or request.ciaddr
-                    if requested != _ZERO and requested != yiaddr:
-                        return self._nak(request)  # RFC 2131 4.3.2: wrong address
-                    ciaddr = request.ciaddr
-                reply_options.extend(self.network_options)
-            name = node.get("name")
-            if name:
-                reply_options.append((dhcp.OPT_HOSTNAME, name.encode()))
-        elif boot_server:
+        elif mtype == dhcp.DHCPINFORM:
+            # RFC 2131 4.3.5: no address and no lease; the answer goes to ciaddr.
             ciaddr = request.ciaddr
-
-        if kind == IPXE:
-            file = self.script_url(request.mac).encode()
-            if not self.proxy:
-                reply_options.append((dhcp.OPT_IPXE, _IPXE_NO_PXEDHCP))
+            yiaddr = _ZERO
+            reply_options = [*template.boot_options]
         else:
-            slot = ARCH_LOADERS.get(arch, BIOS) if arch is not None else BIOS
-            if kind == HTTP:
-                file = self.loader_url(slot).encode()
-                reply_options.append((dhcp.OPT_VENDOR_CLASS, _HTTP_CLASS))
-            else:
-                file = self.tftp_files[slot]
-                if kind == PXE:
-                    reply_options.append((dhcp.OPT_VENDOR_CLASS, _PXE_CLASS))
-                    reply_options.append((dhcp.OPT_VENDOR_SPECIFIC, _PXE_VENDOR))
-            if kind == PXE or kind == HTTP:
-                uuid = options.get(dhcp.OPT_CLIENT_UUID)
-                if uuid is not None:
-                    # PXE spec 2.1: echo the client UUID; RFC 4578 2.3: type 0 + 16 bytes.
-                    if len(uuid) == 17 and uuid[0] == 0:
-                        reply_options.append((dhcp.OPT_CLIENT_UUID, uuid))
-                    else:
-                        warning = warning or "option97_malformed"
+            if mtype == dhcp.DHCPREQUEST:
+                requested = options.get(dhcp.OPT_REQUESTED_IP) or request.ciaddr
+                if requested != _ZERO and requested != yiaddr:
+                    return self._nak(request)  # RFC 2131 4.3.2: not this client's address
+                ciaddr = request.ciaddr
+            reply_options = [*template.lease_options]
+        if kind == PXE or kind == HTTP:
+            uuid = options.get(dhcp.OPT_CLIENT_UUID)
+            if uuid is not None:
+                # PXE spec 2.1: echo the client UUID; RFC 4578 2.3: type 0 + 16 bytes.
+                if len(uuid) == 17 and uuid[0] == 0:
+                    reply_options.append((dhcp.OPT_CLIENT_UUID, uuid))
+                elif not warning:
+                    warning = "option97_malformed"
         client_id = options.get(dhcp.OPT_CLIENT_ID)
         if client_id is not None:
             reply_options.append((dhcp.OPT_CLIENT_ID, client_id))  # RFC 6842
-        relay = options.get(dhcp.OPT_RELAY_AGENT)
-        if relay is not None and request.giaddr != _ZERO:
-            reply_options.append((dhcp.OPT_RELAY_AGENT, relay))  # RFC 3046 2.2: byte-exact, last
+        if request.giaddr != _ZERO:
+            relay = options.get(dhcp.OPT_RELAY_AGENT)
+            if relay is not None:
+                reply_options.append(
+                    (dhcp.OPT_RELAY_AGENT, relay)
+                )  # RFC 3046 2.2: byte-exact, last
         return Reply(
             reply_type,
             ciaddr,
             yiaddr,
             self.server_id,
             b"",
-            file,
+            template.file,
             reply_options,
             (warning,) if warning else (),
         )
 
-    def _classify(self, options: dict[int, bytes]) -> tuple[str, int | None, str]:
-        """(client kind, option-93 architecture, warning) from options 60/77/93."""
-        if user_class_is_ipxe(options.get(dhcp.OPT_USER_CLASS)):
-            return IPXE, None, ""
-        vendor = options.get(dhcp.OPT_VENDOR_CLASS, b"")
-        if vendor.startswith(_PXE_CLASS):
-            kind = PXE
-        elif vendor.startswith(_HTTP_CLASS):
-            kind = HTTP
+    def _template(
+        self, node: Mapping[str, Any], ip: str, mac: str, kind: str, arch: int | None
+    ) -> _Template:
+        """The per-node part of a reply, memoized while the node document and its IP stay the same.
+
+        The cache replaces a node's document on every change, so ``is`` on the
+        document (plus the IP, which its pool can change) says when to rebuild.
+        """
+        key = (mac, kind, arch)
+        template = self._templates.get(key)
+        if template is not None and template.node is node and template.ip == ip:
+            return template
+        boot: list[tuple[int, bytes]] = [(dhcp.OPT_SERVER_ID, self.server_id)]
+        if kind == IPXE:
+            file = self.script_url(mac).encode()
+            if not self.proxy:
+                boot.append((dhcp.OPT_IPXE, _IPXE_NO_PXEDHCP))
         else:
-            kind = PLAIN
-        arch, warning = client_arch(options.get(dhcp.OPT_CLIENT_ARCH))
-        if kind == PLAIN and warning == "option93_missing":
-            warning = ""  # ordinary DHCP clients do not send 93
-        elif arch is not None and arch not in ARCH_LOADERS:
-            warning = "option93_unknown_arch"
-        return kind, arch, warning
+            slot = ARCH_LOADERS.get(arch, BIOS) if arch is not None else BIOS
+            if kind == HTTP:
+                file = self.loader_url(slot).encode()
+                boot.append((dhcp.OPT_VENDOR_CLASS, _HTTP_CLASS))
+            else:
+                file = self.tftp_files[slot]
+                if kind == PXE:
+                    boot.append((dhcp.OPT_VENDOR_CLASS, _PXE_CLASS))
+                    boot.append((dhcp.OPT_VENDOR_SPECIFIC, _PXE_VENDOR))
+        lease = [boot[0], *self.network_options]
+        name = node.get("name")
+        if name:
+            lease.append((dhcp.OPT_HOSTNAME, name.encode()))
+            boot.append((dhcp.OPT_HOSTNAME, name.encode()))
+        lease.extend(boot[1:])
+        template = _Template(node, ip, _aton(ip) if ip else _ZERO, file, tuple(boot), tuple(lease))
+        if len(self._templates) >= _MAX_TEMPLATES:
+            self._templates.clear()  # bounded: removed nodes do not pile up
+        self._templates[key] = template
+        return template
 
     def _nak(self, request: DhcpPacket) -> Reply:
         options = [(dhcp.OPT_SERVER_ID, self.server_id)]
@@ -365,13 +374,44 @@ class BootPolicy:
             options.append((dhcp.OPT_RELAY_AGENT, relay))
         return Reply(dhcp.DHCPNAK, _ZERO, _ZERO, _ZERO, b"", b"", options)
 
-    def _pack(self, ip: str) -> bytes:
-        packed = self._packed.get(ip)
-        if packed is None:
-            if len(self._packed) > 1 << 17:
-                self._packed.clear()  # bounded memo: addresses of removed nodes do not pile up
-            packed = self._packed[ip] = _aton(ip)
-        return packed
+
+class _Template(NamedTuple):
+    node: Mapping[str, Any]
+    ip: str
+    yiaddr: bytes
+    file: bytes
+    # Server id + boot options (proxy mode, INFORM); the same plus lease and network options.
+    boot_options: tuple[tuple[int, bytes], ...]
+    lease_options: tuple[tuple[int, bytes], ...]
+
+
+_MAX_TEMPLATES = 1 << 17
+_IGNORE = {
+    reason: Ignore(reason)
+    for reason in (NOT_A_REQUEST, NOT_ETHERNET, BOOTP, UNEXPECTED_TYPE, RELEASE, OTHER_SERVER, UNKNOWN_MAC,
+                   NO_ADDRESS, PROXY_NOT_PXE, PROXY_REQUEST)
+}  # fmt: skip
+
+
+def classify(options: dict[int, bytes]) -> tuple[str, int | None, str]:
+    """(client kind, option-93 architecture, warning) from options 60/77/93."""
+    if user_class_is_ipxe(options.get(dhcp.OPT_USER_CLASS)):
+        return IPXE, None, ""
+    vendor = options.get(dhcp.OPT_VENDOR_CLASS)
+    if vendor is None:
+        kind = PLAIN
+    elif vendor.startswith(_PXE_CLASS):
+        kind = PXE
+    elif vendor.startswith(_HTTP_CLASS):
+        kind = HTTP
+    else:
+        kind = PLAIN
+    arch, warning = client_arch(options.get(dhcp.OPT_CLIENT_ARCH))
+    if kind == PLAIN and warning == "option93_missing":
+        warning = ""  # ordinary DHCP clients do not send 93
+    elif arch is not None and arch not in ARCH_LOADERS:
+        warning = "option93_unknown_arch"
+    return kind, arch, warning
 
 
 def _aton(address: str) -> bytes:
