@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "status",
     "heads",
     "bench",
+    "power",
 ]
 
 
