@@ -20,7 +20,9 @@ limits sessions per BMC like a real one (63). It counts sessions so a
 benchmark can check the peak number open at once per BMC.
 
 Run standalone: ``python -m cwboot.sim.bmc --count 1000`` prints one JSON line
-``{"host": ..., "ports": [...]}`` and serves until killed.
+``{"host": ..., "ports": [...]}``, then a JSON line of statistics (sessions,
+peak sessions per BMC, powered on) for every line it reads on stdin, and
+exits at EOF.
 """
 
 from __future__ import annotations
@@ -508,7 +510,7 @@ def make_bmcs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve ``--count`` BMCs; print their ports as JSON; on stdin EOF print statistics and exit."""
+    """Serve ``--count`` BMCs; print their ports as JSON, statistics for each stdin line and at EOF."""
     ap = argparse.ArgumentParser(
         prog="python -m cwboot.sim.bmc", description=__doc__.split("\n")[0]
     )
@@ -523,10 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         async with trio.open_nursery() as nursery:
             farm: BmcFarm = await nursery.start(serve_bmcs, bmcs, args.host)
             print(json.dumps({"host": farm.host, "ports": farm.ports}), flush=True)
-            # Serve until stdin closes (the parent exits or asks for statistics).
+            # Each line on stdin asks for statistics; EOF (the parent is gone) ends the farm.
             stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-            while await stdin.receive_some():
-                pass
+            while chunk := await stdin.receive_some():
+                for _ in range(chunk.count(b"\n")):
+                    print(json.dumps(farm.summary()), flush=True)
             print(json.dumps(farm.summary()), flush=True)
             nursery.cancel_scope.cancel()
 

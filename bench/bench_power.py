@@ -1,0 +1,201 @@
+"""Bulk power through cwboot's power service against 1, 100 and 1,000 simulated BMCs.
+
+    .venv/bin/python bench/bench_power.py                    # counts 1,100,1000
+    .venv/bin/python bench/bench_power.py --counts 1000 --no-baseline --json
+
+For each count it measures, with the default budget (PowerConfig: 32 threads
+per IPMI worker process, 64 operations at once, one per BMC):
+
+- ``status``: login + Get Chassis Status + logout on every BMC (cold: a new
+  session each time, as every operation does);
+- ``power-on``: login + set boot device PXE (once) + power on + logout.
+
+The BMCs are simulated by ``python -m cwboot.sim.bmc`` in a separate process
+(real BMCs are other machines). It counts sessions, so the figures include the
+peak number of sessions any single BMC had open at once (the budget says 1).
+While the power operations run, a task in the head's trio loop measures how
+late its 10 ms timer fires: the head stays free to serve boots because pyghmi
+runs in the worker processes.
+
+Baseline, measured in the same run: ``ipmitool -I lanplus chassis power
+status`` per node, 64 at a time (what ``xargs -P 64 ipmitool ...`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cwboot.config import PowerConfig  # noqa: E402
+from cwboot.control.power import PowerRequest, PowerService, serve_power  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class SimulatorProcess:
+    """``python -m cwboot.sim.bmc --count N`` with its ports and statistics."""
+
+    def __init__(self, count: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cwboot.sim.bmc", "--count", str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        self.ports: list[int] = json.loads(self.proc.stdout.readline())["ports"]
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.stdout.read()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+async def loop_lag(box: list[float]) -> None:
+    """Record the worst lateness of a 10 ms timer in this trio loop."""
+    while True:
+        t = trio.current_time()
+        await trio.sleep(0.01)
+        box[0] = max(box[0], trio.current_time() - t - 0.01)
+
+
+async def timed(power: PowerService, names: list[str], request: PowerRequest) -> dict[str, Any]:
+    lag = [0.0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop_lag, lag)
+        t0 = trio.current_time()
+        results = await power.run(names, request)
+        elapsed = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    failed = [r for r in results if not r.ok]
+    return {
+        "seconds": round(elapsed, 3),
+        "ops_per_s": round(len(names) / elapsed, 1),
+        "failed": len(failed),
+        "first_error": failed[0].error if failed else "",
+        "loop_lag_ms": round(lag[0] * 1000, 1),
+    }
+
+
+def ipmitool_baseline(ports: list[int], parallel: int = 64) -> float:
+    """Seconds for ``ipmitool chassis power status`` on every port, ``parallel`` at a time."""
+    t0 = time.monotonic()
+    running: list[subprocess.Popen[bytes]] = []
+    for port in ports:
+        while len(running) >= parallel:
+            running = [p for p in running if p.poll() is None]
+            time.sleep(0.002)
+        argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", str(port)]
+        running.append(
+            subprocess.Popen(
+                [*argv, "-U", "admin", "-P", "password", "chassis", "power", "status"],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    for p in running:
+        p.wait()
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--counts", default="1,100,1000")
+    ap.add_argument(
+        "--workers", type=int, default=PowerConfig.workers, help="threads per IPMI worker process"
+    )
+    ap.add_argument("--max-concurrent", type=int, default=PowerConfig.max_concurrent)
+    ap.add_argument("--no-baseline", action="store_true", help="skip the ipmitool baseline")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    config = PowerConfig(workers=args.workers, max_concurrent=args.max_concurrent, timeout=10.0)
+    sim = SimulatorProcess(max(counts))
+    rows: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        nodes = {
+            f"n{i}": {
+                "name": f"n{i}",
+                "power_uri": f"ipmi://admin@127.0.0.1:{port}",
+                "power_password": "password",
+            }
+            for i, port in enumerate(sim.ports)
+        }
+        async with trio.open_nursery() as nursery:
+            power: PowerService = await nursery.start(serve_power, config, nodes.get)
+            await power.run(["n0"], PowerRequest("status"))  # worker processes warm (imports)
+            for count in counts:
+                names = [f"n{i}" for i in range(count)]
+                before = sim.stats()
+                status = await timed(power, names, PowerRequest("status"))
+                on = await timed(power, names, PowerRequest("on", bootdev="pxe"))
+                after = sim.stats()
+                rows.append(
+                    {
+                        "bmcs": count,
+                        "status": status,
+                        "power_on": on,
+                        "sessions": after["sessions_opened"] - before["sessions_opened"],
+                        "sessions_left_open": after["sessions_open_now"],
+                        "peak_sessions_per_bmc": after["peak_sessions_per_bmc"],
+                        "peak_operations_in_flight": power.stats.peak_in_flight,
+                        "powered_on": after["powered_on"],
+                    }
+                )
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+        if not args.no_baseline:
+            for row in rows:
+                base = ipmitool_baseline(sim.ports[: row["bmcs"]])
+                row["baseline_ipmitool_status_s"] = round(base, 3)
+                row["status_speedup_vs_ipmitool"] = round(base / row["status"]["seconds"], 1)
+    finally:
+        sim.close()
+
+    if args.json:
+        print(
+            json.dumps(
+                {"workers": args.workers, "max_concurrent": args.max_concurrent, "runs": rows},
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"budget: {args.workers} threads per worker process, {args.max_concurrent} operations at once, 1 per BMC"
+    )
+    print(
+        f"{'BMCs':>5} {'status s':>9} {'on+pxe s':>9} {'on/s':>7} {'failed':>6} {'peak/BMC':>8} {'in flight':>9} {'loop lag ms':>11} {'ipmitool s':>10} {'speedup':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['bmcs']:>5} {r['status']['seconds']:>9.3f} {r['power_on']['seconds']:>9.3f} "
+            f"{r['power_on']['ops_per_s']:>7.1f} {r['status']['failed'] + r['power_on']['failed']:>6} "
+            f"{r['peak_sessions_per_bmc']:>8} {r['peak_operations_in_flight']:>9} "
+            f"{max(r['status']['loop_lag_ms'], r['power_on']['loop_lag_ms']):>11.1f} "
+            f"{r.get('baseline_ipmitool_status_s', float('nan')):>10.3f} {r.get('status_speedup_vs_ipmitool', float('nan')):>7}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
