@@ -128,8 +128,11 @@ class ImagesConfig:
 
 @dataclass
 class PowerConfig:
+    # Threads per IPMI worker process (processes: enough for max_concurrent).
     workers: int = 32
+    # BMC operations at once on this head (always at most one per BMC).
     max_concurrent: int = 64
+    # Seconds per node from the start of its operation; more attempts after a retryable failure.
     timeout: float = 5.0
     retries: int = 2
     # Power-on waves: nodes started per second (0 = no shaping).
@@ -216,6 +219,16 @@ def _validate(cfg: Config) -> None:
         port = getattr(cfg, section).port
         if not 0 <= port <= 65535:
             raise ConfigError(f"{section}.port: {port} is not a port number")
+    pw = cfg.power
+    for key, valid in (
+        ("workers", pw.workers >= 1),
+        ("max_concurrent", pw.max_concurrent >= 1),
+        ("timeout", pw.timeout > 0),
+        ("retries", pw.retries >= 0),
+        ("wave_rate", pw.wave_rate >= 0),
+    ):
+        if not valid:
+            raise ConfigError(f"power.{key}: {getattr(pw, key)!r} is out of range")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

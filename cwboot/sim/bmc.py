@@ -4,7 +4,8 @@ Why our own and not pyghmi's ``Bmc`` or OpenIPMI's ``ipmi_sim``:
 
 - pyghmi's ``Bmc`` answers every Open Session Request with cipher suite 3
   whatever the client asked for; pyghmi's own client asks for suite 17
-  (SHA-256) and then fails its RAKP checks. Its server also runs on pyghmi's
+  (SHA-256), gets a SHA-1 RAKP2 and fails (pyghmi 1.6.19: "pack expected 32
+  items for packing (got 20)"; ``ipmitool -C 3`` works). Its server also runs on pyghmi's
   shared select() loop, which has the concurrency flaws cwboot.control.power
   works around, and select() cannot watch 1,000 sockets.
 - ``ipmi_sim`` is one process per BMC, calls its chassis_control program by
