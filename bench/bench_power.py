@@ -19,6 +19,11 @@ runs in the worker processes.
 
 Baseline, measured in the same run: ``ipmitool -I lanplus chassis power
 status`` per node, 64 at a time (what ``xargs -P 64 ipmitool ...`` does).
+
+``--pyghmi-fixes`` instead compares one IPMI worker process (16 threads, 256
+status operations, 16 at a time) with and without
+cwboot.control.power.pyghmi_fixes: total time, slowest operation, and stalls
+(operations of 0.4 s or more).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cwboot.config import PowerConfig  # noqa: E402
-from cwboot.control.power import PowerRequest, PowerService, serve_power  # noqa: E402
+from cwboot.control.power import IpmiDriver, PowerRequest, PowerService, PowerTarget, serve_power  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,6 +120,44 @@ def ipmitool_baseline(ports: list[int], parallel: int = 64) -> float:
     return time.monotonic() - t0
 
 
+def compare_pyghmi_fixes(sim: SimulatorProcess, rounds: int = 3) -> list[dict[str, Any]]:
+    """256 status operations through one worker (16 threads), with and without the fixes."""
+    rows = []
+
+    async def one_round(with_fixes: bool) -> dict[str, Any]:
+        times: list[float] = []
+        async with trio.open_nursery() as nursery:
+            driver = await nursery.start(IpmiDriver(1, 16, pyghmi_fixes=with_fixes).serve)
+            limiter = trio.CapacityLimiter(16)
+            warm = PowerTarget("n", "ipmi", "127.0.0.1", sim.ports[-1], "admin", "password")
+            await driver.attempt(warm, PowerRequest("status"))  # the worker has started (imports)
+
+            async def one(port: int) -> None:
+                async with limiter:
+                    t = trio.current_time()
+                    target = PowerTarget("n", "ipmi", "127.0.0.1", port, "admin", "password")
+                    assert (await driver.attempt(target, PowerRequest("status"))).ok
+                    times.append(trio.current_time() - t)
+
+            t0 = trio.current_time()
+            async with trio.open_nursery() as ops:
+                for port in sim.ports[:256]:
+                    ops.start_soon(one, port)
+            total = trio.current_time() - t0
+            nursery.cancel_scope.cancel()
+        return {
+            "fixes": with_fixes,
+            "seconds": round(total, 3),
+            "slowest_s": round(max(times), 3),
+            "stalls": sum(t >= 0.4 for t in times),
+        }
+
+    for _ in range(rounds):
+        for with_fixes in (False, True):
+            rows.append(trio.run(one_round, with_fixes))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--counts", default="1,100,1000")
@@ -124,7 +167,23 @@ def main() -> int:
     ap.add_argument("--max-concurrent", type=int, default=PowerConfig.max_concurrent)
     ap.add_argument("--no-baseline", action="store_true", help="skip the ipmitool baseline")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--pyghmi-fixes", action="store_true", help="compare pyghmi with and without cwboot's fixes"
+    )
     args = ap.parse_args()
+    if args.pyghmi_fixes:
+        sim = SimulatorProcess(256)
+        try:
+            rows = compare_pyghmi_fixes(sim)
+        finally:
+            sim.close()
+        for r in rows:
+            print(
+                json.dumps(r)
+                if args.json
+                else f"fixes={r['fixes']!s:5}  {r['seconds']:6.3f} s  slowest {r['slowest_s']:.3f} s  stalls {r['stalls']}"
+            )
+        return 0
     counts = [int(c) for c in args.counts.split(",")]
     config = PowerConfig(workers=args.workers, max_concurrent=args.max_concurrent, timeout=10.0)
     sim = SimulatorProcess(max(counts))
