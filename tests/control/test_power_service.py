@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 
-from cwboot.config import PowerConfig
-from cwboot.control.power import PowerRequest, PowerResult, PowerService, serve_power
+from cwboot.config import ConfigError, PowerConfig, from_dict
+from cwboot.control.power import (
+    IpmiDriver,
+    PowerRequest,
+    PowerResult,
+    PowerService,
+    PowerTarget,
+    serve_power,
+)
 from cwboot.sim.bmc import BmcFarm, BmcOptions, SimulatedBmc, make_bmcs, serve_bmcs
 
 Scenario = Callable[[BmcFarm, PowerService], Awaitable[None]]
@@ -261,3 +269,54 @@ def test_head_with_thousands_of_descriptors_still_powers_nodes() -> None:
     finally:
         for fd in held:
             os.close(fd)
+
+
+def _driver_scenario(hung_after: float, sabotage: int) -> tuple[list[str], int]:
+    """Start a driver, send ``sabotage`` (a signal) to its worker, then run operations."""
+    errors: list[str] = []
+    restarts = 0
+
+    async def main() -> None:
+        nonlocal restarts
+        async with trio.open_nursery() as nursery:
+            farm = await nursery.start(serve_bmcs, make_bmcs(2))
+            driver: IpmiDriver = await nursery.start(IpmiDriver(1, 2, hung_after=hung_after).serve)
+            target = PowerTarget("n0", "ipmi", "127.0.0.1", farm.ports[0], "admin", "password")
+            assert (await driver.attempt(target, PowerRequest("status"))).ok
+            os.kill(driver._workers[0].process.pid, sabotage)
+            with trio.fail_after(30):
+                first = await driver.attempt(target, PowerRequest("on"))
+                errors.append(first.error)
+                # Whatever happened to that one, the driver has a working worker again.
+                while not (await driver.attempt(target, PowerRequest("status"))).ok:
+                    await trio.sleep(0.1)
+            restarts = driver.restarts
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return errors, restarts
+
+
+def test_a_killed_worker_is_replaced() -> None:
+    errors, restarts = _driver_scenario(hung_after=60.0, sabotage=signal.SIGKILL)
+    assert errors[0] in ("", "IPMI worker restarted", "IPMI worker unavailable")
+    assert restarts == 1
+
+
+def test_a_hung_worker_is_killed_and_replaced() -> None:
+    # SIGSTOP: the process is alive but answers nothing, like a worker stuck in pyghmi.
+    errors, restarts = _driver_scenario(hung_after=1.0, sabotage=signal.SIGSTOP)
+    assert errors == ["IPMI worker restarted"]
+    assert restarts == 1
+
+
+def test_config_rejects_out_of_range_power_settings() -> None:
+    for key, value in (
+        ("workers", 0),
+        ("max_concurrent", 0),
+        ("timeout", 0.0),
+        ("retries", -1),
+        ("wave_rate", -1.0),
+    ):
+        with pytest.raises(ConfigError, match=f"power.{key}"):
+            from_dict({"power": {key: value}})
