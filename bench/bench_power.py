@@ -64,7 +64,8 @@ class SimulatorProcess:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        stats: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return stats
 
     def close(self) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -174,10 +175,10 @@ def main() -> int:
     if args.pyghmi_fixes:
         sim = SimulatorProcess(256)
         try:
-            rows = compare_pyghmi_fixes(sim)
+            comparison = compare_pyghmi_fixes(sim)
         finally:
             sim.close()
-        for r in rows:
+        for r in comparison:
             print(
                 json.dumps(r)
                 if args.json

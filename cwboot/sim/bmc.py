@@ -29,6 +29,7 @@ exits at EOF.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
 import struct
@@ -316,7 +317,7 @@ class SimulatedBmc:
         kuid = self.options.password.encode()
         role_user = bytes([session.role, len(session.user)]) + session.user
         expected = session.suite.hmac(kuid, session.bmc_random + console + role_user)
-        if not wire.hmac.compare_digest(expected, bytes(p[8:])):
+        if not hmac.compare_digest(expected, bytes(p[8:])):
             self._sessions.pop(managed_id, None)
             self.stats.auth_failures += 1
             return [

@@ -204,10 +204,10 @@ def test_garbage_is_dropped_and_counted_never_raised() -> None:
         if rng.random() < 0.5:
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(60)))
         else:
-            data = bytearray(valid)
+            mutated = bytearray(valid)
             for _ in range(rng.randrange(1, 4)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            data = bytes(data[: rng.randrange(len(data) + 1)])
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            data = bytes(mutated[: rng.randrange(len(mutated) + 1)])
         bmc.datagram_received_untrusted(data, now=0.0)
     assert sum(bmc.stats.drops.values()) > 1000
     assert "not an RMCP/IPMI datagram" in bmc.stats.drops

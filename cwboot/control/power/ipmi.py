@@ -155,7 +155,8 @@ class IpmiDriver:
             raise RuntimeError("IpmiDriver.serve() is not running")
         worker = min(self._workers, key=lambda w: len(w.pending))
         ident = next(self._ids)
-        event, box = trio.Event(), []
+        event = trio.Event()
+        box: list[dict[str, Any]] = []
         worker.pending[ident] = (event, box)
         line = (
             json.dumps(
