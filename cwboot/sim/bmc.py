@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import json
+import logging
 import os
 import struct
 import sys
@@ -43,6 +44,8 @@ import trio
 
 from cwboot.sim import rmcpplus as wire
 from cwboot.sim.rmcpplus import BadPacket
+
+log = logging.getLogger(__name__)
 
 # Chassis control actions (22.3) by the number in the request.
 CHASSIS_ACTIONS = {0: "off", 1: "on", 2: "cycle", 3: "reset", 5: "soft"}
@@ -424,17 +427,22 @@ class SimulatedBmc:
         if self.power_on and flags[0] & 0x80 and not flags[0] & 0x40:
             self.boot_params[5] = bytes([0]) + flags[1:]
         if self.hook is not None:
-            self.hook(self, action)
+            try:
+                self.hook(self, action)
+            except Exception:  # the harness's bug must not take the BMC down
+                log.exception("power hook of %s failed on %r", self.name, action)
+                self.stats.drops["hook failed"] = self.stats.drops.get("hook failed", 0) + 1
         return CC_OK
 
 
 @dataclass
 class BmcFarm:
-    """Many simulated BMCs served from one process; ``ports[i]`` is ``bmcs[i]``'s UDP port."""
+    """Many simulated BMCs served from one process: ``bmcs[i]`` listens on ``hosts[i]:ports[i]``."""
 
     host: str
     bmcs: list[SimulatedBmc]
     ports: list[int] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
 
     def by_port(self) -> dict[int, SimulatedBmc]:
         return dict(zip(self.ports, self.bmcs, strict=True))
@@ -459,10 +467,14 @@ class BmcFarm:
 async def _serve_one(
     sock: trio.socket.SocketType, bmc: SimulatedBmc, nursery: trio.Nursery
 ) -> None:
-    async def send_later(datagrams: list[bytes], addr: Any, delay: float) -> None:
-        await trio.sleep(delay)
+    async def send(datagrams: list[bytes], addr: Any, delay: float) -> None:
+        if delay > 0:
+            await trio.sleep(delay)
         for d in datagrams:
-            await sock.sendto(d, addr)
+            try:
+                await sock.sendto(d, addr)
+            except OSError:
+                bmc.stats.drops["send failed"] = bmc.stats.drops.get("send failed", 0) + 1
 
     while True:
         data, addr = await sock.recvfrom(4096)
@@ -470,13 +482,9 @@ async def _serve_one(
         if not replies:
             continue
         if bmc.options.delay > 0:
-            nursery.start_soon(send_later, replies, addr, bmc.options.delay)
-            continue
-        for d in replies:
-            try:
-                await sock.sendto(d, addr)
-            except OSError:
-                bmc.stats.drops["send failed"] = bmc.stats.drops.get("send failed", 0) + 1
+            nursery.start_soon(send, replies, addr, bmc.options.delay)
+        else:
+            await send(replies, addr, 0.0)
 
 
 async def serve_bmcs(
@@ -484,17 +492,25 @@ async def serve_bmcs(
     host: str = "127.0.0.1",
     ports: Sequence[int] | None = None,
     *,
+    hosts: Sequence[str] | None = None,
     task_status: trio.TaskStatus[BmcFarm] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve each BMC on its own UDP socket (port 0 = any); reports a ``BmcFarm`` with the ports."""
+    """Serve each BMC on its own UDP socket; reports a ``BmcFarm`` with the addresses bound.
+
+    ``bmcs[i]`` binds ``hosts[i]`` (default: ``host`` for all; any 127.0.0.0/8
+    address works on Linux without setup) and ``ports[i]`` (default 0: any
+    free port; 623 needs root).
+    """
     farm = BmcFarm(host, list(bmcs))
     socks = []
     try:
         for i, _ in enumerate(bmcs):
             sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             socks.append(sock)
-            await sock.bind((host, ports[i] if ports else 0))
-            farm.ports.append(sock.getsockname()[1])
+            await sock.bind((hosts[i] if hosts else host, ports[i] if ports else 0))
+            bound_host, bound_port = sock.getsockname()
+            farm.hosts.append(bound_host)
+            farm.ports.append(bound_port)
         async with trio.open_nursery() as nursery:
             for sock, bmc in zip(socks, bmcs, strict=True):
                 nursery.start_soon(_serve_one, sock, bmc, nursery)

@@ -6,6 +6,7 @@ clients are blocking programs) and stops it at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -256,3 +257,31 @@ def test_standalone_process_serves_many_bmcs_and_reports_statistics() -> None:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def test_bmcs_on_their_own_loopback_addresses_and_a_failing_hook() -> None:
+    def broken_hook(bmc: SimulatedBmc, action: str) -> None:
+        raise RuntimeError("harness bug")
+
+    bmcs = [SimulatedBmc(f"b{i}", hook=broken_hook) for i in range(3)]
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+    async def main() -> list[str]:
+        async with trio.open_nursery() as nursery:
+            farm: BmcFarm = await nursery.start(functools.partial(serve_bmcs, bmcs, hosts=hosts))
+
+            def power_on_all() -> None:
+                for host, port in zip(farm.hosts, farm.ports, strict=True):
+                    cmd = pyghmi_command.Command(
+                        host, "admin", "password", port=port, keepalive=False
+                    )
+                    cmd.set_power("on")
+                    cmd.ipmi_session.logout()
+
+            await trio.to_thread.run_sync(power_on_all)
+            nursery.cancel_scope.cancel()
+            return farm.hosts
+
+    assert trio.run(main) == hosts
+    # The hook's exception was counted, the BMCs kept working.
+    assert all(b.power_on and b.stats.drops == {"hook failed": 1} for b in bmcs)
