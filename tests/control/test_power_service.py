@@ -320,3 +320,33 @@ def test_config_rejects_out_of_range_power_settings() -> None:
     ):
         with pytest.raises(ConfigError, match=f"power.{key}"):
             from_dict({"power": {key: value}})
+
+
+def test_stopping_the_service_still_gives_every_node_a_result() -> None:
+    bmcs = [SimulatedBmc("silent", BmcOptions(silent=True)), *make_bmcs(1)]
+
+    async def main() -> list[PowerResult]:
+        nodes = {}
+        async with trio.open_nursery() as outer:
+            farm = await outer.start(serve_bmcs, bmcs)
+            for i, port in enumerate(farm.ports):
+                nodes[f"n{i}"] = {
+                    "name": f"n{i}",
+                    "power_uri": f"ipmi://admin@127.0.0.1:{port}",
+                    "power_password": "password",
+                }
+            async with trio.open_nursery() as inner:
+                service = await inner.start(
+                    serve_power, PowerConfig(workers=2, max_concurrent=2), nodes.get
+                )
+                results = service.submit(["n0", "n1"], PowerRequest("status"))
+                await trio.sleep(1.0)
+                inner.cancel_scope.cancel()
+            with trio.fail_after(5):
+                got = [r async for r in results]
+            outer.cancel_scope.cancel()
+        return got
+
+    got = by_node(trio.run(main))
+    assert got["n1"].ok
+    assert got["n0"].error == "power service stopped"

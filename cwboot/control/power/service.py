@@ -178,6 +178,8 @@ class PowerService:
             self._bmc_users[bmc] -= 1
             if not self._bmc_users[bmc]:
                 del self._bmc_users[bmc], self._bmc_busy[bmc]
+            # Cancelled (the service stops): the caller still gets one result per node.
+            report(PowerResult(target.node, request.op, False, error="power service stopped"))
 
     async def _operate(
         self, target: PowerTarget, request: PowerRequest, report: _Report, queued: float
@@ -193,7 +195,7 @@ class PowerService:
                 outcome = Attempt(False, error="not attempted")
                 while True:
                     attempts += 1
-                    outcome = await driver.attempt(target, request)
+                    outcome = await self._attempt(driver, target, request)
                     if outcome.ok or not outcome.retryable or attempts > self.config.retries:
                         break
                     pause = RETRY_BACKOFF * attempts
@@ -216,6 +218,15 @@ class PowerService:
                 elapsed=trio.current_time() - queued,
             )
         )
+
+    async def _attempt(
+        self, driver: PowerDriver, target: PowerTarget, request: PowerRequest
+    ) -> Attempt:
+        try:
+            return await driver.attempt(target, request)
+        except Exception:  # a driver bug fails this node, not the service
+            log.exception("power driver %s failed on node %s", driver.scheme, target.node)
+            return Attempt(False, error="internal error in the power driver (logged on the head)")
 
     async def _report_timeout(
         self,
