@@ -166,6 +166,9 @@ def main() -> int:
         "--workers", type=int, default=PowerConfig.workers, help="threads per IPMI worker process"
     )
     ap.add_argument("--max-concurrent", type=int, default=PowerConfig.max_concurrent)
+    ap.add_argument(
+        "--wave-rate", type=float, default=0.0, help="power-ons started per second (0 = unshaped)"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the ipmitool baseline")
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
@@ -186,7 +189,12 @@ def main() -> int:
             )
         return 0
     counts = [int(c) for c in args.counts.split(",")]
-    config = PowerConfig(workers=args.workers, max_concurrent=args.max_concurrent, timeout=10.0)
+    config = PowerConfig(
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        timeout=10.0,
+        wave_rate=args.wave_rate,
+    )
     sim = SimulatorProcess(max(counts))
     rows: list[dict[str, Any]] = []
 
@@ -242,6 +250,7 @@ def main() -> int:
         return 0
     print(
         f"budget: {args.workers} threads per worker process, {args.max_concurrent} operations at once, 1 per BMC"
+        + (f", power-on waves of {args.wave_rate:g}/s" if args.wave_rate else "")
     )
     print(
         f"{'BMCs':>5} {'status s':>9} {'on+pxe s':>9} {'on/s':>7} {'failed':>6} {'peak/BMC':>8} {'in flight':>9} {'loop lag ms':>11} {'ipmitool s':>10} {'speedup':>7}"
