@@ -95,6 +95,9 @@ class _Session:
     keys: wire.SessionKeys | None = None
     sequence: int = 0
     privilege: int = ADMIN
+    # The last request (rqSeq, netFn, cmd, data) and our response message to it.
+    last_request: tuple[int, int, int, bytes] | None = None
+    last_response: bytes = b""
 
 
 @dataclass
@@ -106,6 +109,8 @@ class BmcStats:
     active: int = 0
     peak_active: int = 0
     commands: int = 0
+    # Retransmitted requests answered from the previous response, not run again.
+    duplicates: int = 0
     auth_failures: int = 0
     drops: dict[str, int] = field(default_factory=dict)
 
@@ -353,14 +358,23 @@ class SimulatedBmc:
         payload = session.keys.open_untrusted(data, dgram)
         req = wire.parse_ipmi_request_untrusted(payload)
         session.last_seen = now
+        session.sequence += 1
+        key = (req.rq_seq, req.netfn, req.cmd, req.data)
+        if key == session.last_request:
+            # A console that timed out resends the same request (same rqSeq): answer it
+            # again without running it twice - a chassis cycle must not cycle twice.
+            self.stats.duplicates += 1
+            return [
+                session.keys.seal(
+                    wire.PAYLOAD_IPMI, session.console_id, session.sequence, session.last_response
+                )
+            ]
         self.stats.commands += 1
         code, reply = self._command(req, session)
-        session.sequence += 1
+        session.last_request = key
+        session.last_response = wire.encode_ipmi_response(req, code, reply)
         out = session.keys.seal(
-            wire.PAYLOAD_IPMI,
-            session.console_id,
-            session.sequence,
-            wire.encode_ipmi_response(req, code, reply),
+            wire.PAYLOAD_IPMI, session.console_id, session.sequence, session.last_response
         )
         if req.netfn == 0x06 and req.cmd == 0x3C and code == CC_OK:
             self._sessions.pop(session.managed_id, None)

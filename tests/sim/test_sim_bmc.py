@@ -285,3 +285,17 @@ def test_bmcs_on_their_own_loopback_addresses_and_a_failing_hook() -> None:
     assert trio.run(main) == hosts
     # The hook's exception was counted, the BMCs kept working.
     assert all(b.power_on and b.stats.drops == {"hook failed": 1} for b in bmcs)
+
+
+def test_a_retransmitted_request_is_answered_not_run_twice() -> None:
+    # Replies slower than pyghmi's first retransmit timer (0.5-1 s): it resends each request once.
+    bmc = SimulatedBmc("slow", BmcOptions(delay=1.05))
+    bmc.power_on = True
+    with running([bmc]) as farm:
+        cmd = pyghmi_command.Command(
+            "127.0.0.1", "admin", "password", port=farm.ports[0], keepalive=False
+        )
+        assert cmd.raw_command(0x00, 0x02, data=[2])["code"] == 0  # chassis cycle
+        cmd.ipmi_session.logout()
+    assert bmc.stats.duplicates >= 1
+    assert bmc.history == ["cycle"]
