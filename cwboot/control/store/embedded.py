@@ -263,11 +263,9 @@ class EmbeddedStore(Store):
         db = self._db
         self._begin_write()
         try:
-            for c in compares:
-                row = db.execute("SELECT mod_revision FROM kv WHERE key = ?", (c.key,)).fetchone()
-                if (0 if row is None else row[0]) != c.mod_revision:
-                    db.execute("COMMIT")
-                    return None
+            if not self._compares_hold_sync(compares):
+                db.execute("COMMIT")
+                return None
             revision = self.revision + 1
             seq = 0
             leases = {op.lease for op in ops if isinstance(op, Put) and op.lease}
@@ -275,7 +273,19 @@ class EmbeddedStore(Store):
                 row = db.execute("SELECT expires FROM leases WHERE id = ?", (lease,)).fetchone()
                 if row is None or row[0] <= self.clock():
                     raise LeaseExpired(f"lease {lease:x} not found")
-            for op in ops:
+            puts = [op for op in ops if isinstance(op, Put)]
+            if len(puts) == len(ops) and len({op.key for op in puts}) == len(puts):
+                # The bulk case (create_many): two executemany calls instead of a loop.
+                db.executemany(
+                    "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
+                    [(op.key, op.value, revision, op.lease) for op in puts],
+                )
+                db.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?)",
+                    [(revision, i, op.key, op.value) for i, op in enumerate(puts)],
+                )
+                seq = len(puts)
+            for op in ops if seq == 0 else ():
                 if isinstance(op, Put):
                     db.execute(
                         "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
@@ -294,6 +304,23 @@ class EmbeddedStore(Store):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _compares_hold_sync(self, compares: Sequence[Compare]) -> bool:
+        wanted = {c.key: c.mod_revision for c in compares}
+        if len(wanted) != len(compares):
+            # The same key compared twice: every compare must hold on its own.
+            return all(self._compares_hold_sync([c]) for c in compares)
+        keys = list(wanted)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found = dict(
+                self._db.execute(
+                    f"SELECT key, mod_revision FROM kv WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                )
+            )
+            if any(found.get(key, 0) != wanted[key] for key in chunk):
+                return False
+        return True
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
         return await self._run(self._txn_sync, list(compares), list(ops))
