@@ -132,19 +132,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, str]]:
-    """Depth-first; a directory before its entries; each directory's entries sorted by name bytes."""
-    stack: list[tuple[Path, str]] = [(root, "")]
-    while stack:
-        path, arc = stack.pop()
-        names = sorted(os.listdir(path), key=os.fsencode)
-        children = []
-        for name in names:
-            child = path / name
-            child_arc = f"{arc}{name}"
-            yield child, child_arc
-            if stat.S_ISDIR(os.lstat(child).st_mode):
-                children.append((child, child_arc + "/"))
-        stack.extend(reversed(children))
+    """Depth-first; a directory, then everything under it, then its next sibling; siblings by name bytes."""
+    for name in sorted(os.listdir(root), key=os.fsencode):
+        child = root / name
+        yield child, name
+        if stat.S_ISDIR(os.lstat(child).st_mode):
+            for sub, arc in _walk(child):
+                yield sub, f"{name}/{arc}"
 
 
 def _normalized(tar: tarfile.TarFile, path: Path, arcname: str) -> tarfile.TarInfo | None:
@@ -187,6 +181,14 @@ class _BlockSink:
             self.buf.clear()
 
 
+class _Claim:
+    """The first worker to meet a new chunk id writes it; repeats wait for its size."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.size = 0
+
+
 class _Import:
     """One import: compresses blocks in threads, stores new chunks in its tmp folder, keeps order."""
 
@@ -200,7 +202,7 @@ class _Import:
         self.chunks: list[Chunk] = []
         self.local = threading.local()
         self.stats = ImportStats()
-        self.new_ids: set[str] = set()
+        self.claims: dict[str, _Claim] = {}
         self.lock = threading.Lock()
 
     def _compressor(self) -> zstandard.ZstdCompressor:
@@ -215,23 +217,28 @@ class _Import:
     def _work(self, block: bytes) -> tuple[Chunk, bool]:
         cid = chunk_id(block)
         final = self.store.chunk_file(cid)
-        staged = self.workdir / f"{cid}.zst"
         with self.lock:
-            fresh = cid not in self.new_ids and not final.exists()
+            claim = self.claims.get(cid)
+            fresh = claim is None and not final.exists()
             if fresh:
-                self.new_ids.add(cid)
-        if fresh:
+                claim = self.claims[cid] = _Claim()
+        if claim is None:  # stored by an earlier import
+            return Chunk(cid, len(block), final.stat().st_size), False
+        if not fresh:  # a repeat of a block of this import: wait for its first copy
+            claim.done.wait()
+            return Chunk(cid, len(block), claim.size), False
+        try:
             frame = self._compressor().compress(block)
-            tmp = self.workdir / f".{cid}.{threading.get_ident()}.tmp"
+            tmp = self.workdir / f".{cid}.tmp"
             with open(tmp, "wb") as f:
                 f.write(frame)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, staged)
-            size = len(frame)
-        else:
-            size = (staged if staged.exists() else final).stat().st_size
-        return Chunk(cid, len(block), size), fresh
+            os.replace(tmp, self.workdir / f"{cid}.zst")
+            claim.size = len(frame)
+        finally:
+            claim.done.set()
+        return Chunk(cid, len(block), len(frame)), True
 
     def submit(self, block: bytes) -> None:
         self.pending.append(self.pool.submit(self._work, block))
@@ -636,15 +643,19 @@ class ImageStore:
                 )
         return report
 
-    def gc(self, *, keep_files: bool = True) -> GcReport:
+    def gc(self, *, keep_files: bool = True, wait: bool = True) -> GcReport:
         """Remove chunks no published manifest names and the tmp folders of dead imports.
 
-        Waits for running imports (they hold the store lock shared). Stray
+        Waits for running imports (they hold the store lock shared), or with
+        ``wait=False`` raises ImageError while one runs. Stray
         manifests (written, never named by an index) are removed too.
         """
         report = GcReport()
         with open(self.root / "lock") as lockf:
-            fcntl.flock(lockf, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lockf, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise ImageError("an import is running; try gc again when it ends") from None
             for work in (self.root / "tmp").iterdir():
                 if not _is_alive(work):
                     if work.is_dir():
