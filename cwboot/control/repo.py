@@ -223,7 +223,7 @@ class Objects:
             for mac in doc.get("mac", []) if kind == "node" else []:
                 wanted[mac_key(mac)] = ("mac", mac)
         uids = {doc["uid"] for doc in docs}
-        if len(wanted) <= 32:
+        if len(wanted) <= 256:  # else one read of the index beats hundreds of gets
             found = [kv for kv in [await self.store.get(key) for key in wanted] if kv is not None]
         else:
             prefixes = [f"{INDEX_PREFIX}{kind}/name/"] + ([mac_key("")] if kind == "node" else [])

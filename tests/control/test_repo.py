@@ -220,6 +220,9 @@ async def test_create_many_batches_and_is_checked_up_front(make_store: StoreFact
         assert len((await store.list("/cwboot/v1/node/"))[0]) == 600
         # A clash with a stored node names it.
         await expect(Conflict, objs.create_many("node", [{"index": 1000}, {"index": 599}]), "'n599'")
+        # In a large batch the culprit is found by reading the index, not key by key.
+        big = [{"index": i} for i in range(2000, 2300)] + [{"index": 2300, "mac": ["02:00:00:00:00:05"]}]
+        await expect(Conflict, objs.create_many("node", big), "02:00:00:00:00:05", "'n5'")
     finally:
         await store.aclose()
 
