@@ -1,0 +1,314 @@
+"""The HTTP boot engine against real clients (curl, busybox wget, zstd, busybox tar) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from cwboot.config import Config
+from cwboot.control.images import ImageStore
+from cwboot.services.http import HttpServer, serve_http
+
+MAC = "52:54:00:aa:bb:01"
+CHUNK = 64 * 1024
+
+
+class Lookup:
+    """The two ObjectCache reads the engine makes, over plain dicts."""
+
+    def __init__(self) -> None:
+        self.nodes = {MAC: {"name": "n1", "boot_config": "bc"}}
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def node_by_mac(self, mac: str) -> dict[str, Any] | None:
+        return self.nodes.get(mac)
+
+    def get(self, kind: str, ref: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, ref))
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    http: HttpServer
+    store: ImageStore
+    lookup: Lookup
+    tree: Path
+    kernel: Path
+    reports: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+
+def make_tree(root: Path) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("n1\n")
+    (root / "data").mkdir()
+    for i in range(6):
+        (root / "data" / f"f{i}").write_bytes(os.urandom(50_000) + b"z" * 50_000)
+    return root
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    store = ImageStore(tmp_path / "images", chunk_size=CHUNK)
+    tree = make_tree(tmp_path / "tree")
+    store.import_tree("img", tree)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(os.urandom(300_000))
+    kref = store.store_file(kernel, alias="vmlinuz")
+    iref = store.store_file(kernel, alias="initrd")
+    lookup = Lookup()
+    lookup.objects[("boot_config", "bc")] = {
+        "name": "bc", "kernel": kref.alias, "initramfs": iref.id, "cmdline": "console=ttyS0",
+        "image": "img", "image_version": "", "boot_style": "rwram",
+    }  # fmt: skip
+    config = Config()
+    config.http.listen = "127.0.0.1"
+    config.http.port = 0
+    config.http.max_streams = 4
+    loaders = tmp_path / "loaders"
+    loaders.mkdir()
+    (loaders / "ipxe.efi").write_bytes(b"MZ" + os.urandom(1000))
+    started: queue.Queue[Any] = queue.Queue()
+    reports: list[tuple[str, dict[str, str]]] = []
+
+    async def report(mac: str, fields: dict[str, str]) -> None:
+        reports.append((mac, fields))
+
+    async def main() -> None:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                http = await nursery.start(
+                    lambda task_status: serve_http(
+                        config,
+                        lookup,
+                        store,
+                        heads=lambda: ["http://127.0.0.1:1", "http://127.0.0.2:2"],
+                        report_status=report,
+                        loader_dir=loaders,
+                        task_status=task_status,
+                    )  # fmt: skip
+                )
+                started.put((http, scope, trio.lowlevel.current_trio_token()))
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    http, scope, token = started.get(timeout=10)
+    srv = Server(
+        f"http://127.0.0.1:{http.port}", http.port, http, store, lookup, tree, kernel, reports
+    )
+    try:
+        yield srv
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def curl(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "20", *args], capture_output=True, check=check
+    )
+
+
+def status_of(*args: str) -> int:
+    return int(curl("-o", "/dev/null", "-w", "%{http_code}", *args).stdout)
+
+
+def test_ipxe_script_with_curl_and_busybox_wget(server: Server) -> None:
+    url = f"{server.url}/boot/ipxe/52-54-00-aa-bb-01"
+    text = curl(url).stdout.decode()
+    assert text.startswith("#!ipxe\n")
+    assert "http://127.0.0.2:2/boot/kernel/vmlinuz initrd=initramfs console=ttyS0" in text
+    assert (
+        "cwboot.image=img cwboot.version=1 cwboot.style=rwram cwboot.mac=52-54-00-aa-bb-01" in text
+    )
+    wget = subprocess.run(
+        ["busybox", "wget", "-q", "-O", "-", url], capture_output=True, check=True, timeout=20
+    )
+    assert wget.stdout.decode() == text
+    assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-99") == 404
+    assert status_of(f"{server.url}/boot/ipxe/not-a-mac") == 404
+
+
+def test_script_pins_object_latest_and_refuses_injection(server: Server) -> None:
+    server.store.import_tree("img", server.tree, version="2")
+    server.lookup.objects[("image", "img")] = {"name": "img", "latest": "1"}
+    assert "cwboot.version=1" in curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
+    server.lookup.objects[("boot_config", "bc")]["image_version"] = "2"
+    assert "cwboot.version=2" in curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
+    server.lookup.objects[("boot_config", "bc")]["cmdline"] = "quiet || shell"
+    assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 500
+    assert server.http.stats.drops["unsafe boot config"] == 1
+    server.lookup.objects[("boot_config", "bc")]["kernel"] = ""
+    assert curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode().endswith("exit\n")
+
+
+def test_kernel_initramfs_loader_head_etag_and_errors(server: Server, tmp_path: Path) -> None:
+    kid = server.store.store_file(server.kernel).id
+    for path in ("/boot/kernel/vmlinuz", f"/boot/kernel/{kid}", "/boot/initramfs/initrd"):
+        assert curl(server.url + path).stdout == server.kernel.read_bytes()
+    busybox = subprocess.run(
+        ["busybox", "wget", "-q", "-O", "-", server.url + "/boot/kernel/vmlinuz"],
+        capture_output=True,
+        timeout=20,
+    )
+    assert busybox.stdout == server.kernel.read_bytes()
+    head = curl("-I", server.url + "/boot/kernel/vmlinuz").stdout.decode().lower()
+    assert (
+        "content-length: 300000" in head
+        and f'etag: "{kid}"' in head
+        and "accept-ranges: bytes" in head
+    )
+    assert status_of("-H", f'If-None-Match: "{kid}"', server.url + "/boot/kernel/vmlinuz") == 304
+    assert status_of("-r", "300000-", server.url + "/boot/kernel/vmlinuz") == 416
+    assert status_of(server.url + "/boot/kernel/nope") == 404
+    assert status_of(server.url + "/boot/kernel/..%2F..%2Fetc%2Fpasswd") == 404
+    assert status_of(server.url + "/boot/loader/..") == 404
+    assert curl(server.url + "/boot/loader/ipxe.efi").stdout[:2] == b"MZ"
+    assert status_of("-X", "DELETE", server.url + "/boot/kernel/vmlinuz") == 405
+    assert status_of(server.url + "/nothing/here") == 404
+
+
+def test_stream_decodes_with_zstd_and_tar(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pipeline = (
+        f"curl -sSf {server.url}/images/img/latest/stream | zstd -dc | busybox tar -x -C {out}"
+    )
+    subprocess.run(["bash", "-euo", "pipefail", "-c", pipeline], check=True, timeout=30)
+    for p in server.tree.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(server.tree)).read_bytes() == p.read_bytes()
+    m = server.store.resolve("img")
+    assert m is not None
+    manifest = json.loads(curl(f"{server.url}/images/img/1/manifest").stdout)
+    assert manifest["chunks"][0][0] == m.chunks[0].id
+    text = curl(f"{server.url}/images/img/1/manifest.txt").stdout.decode().splitlines()
+    assert text[-1] == f"{m.chunks[-1].id} {m.chunks[-1].raw_size} {m.chunks[-1].compressed_size}"
+    chunk = curl(f"{server.url}/chunks/{m.chunks[1].id}").stdout
+    assert chunk == server.store.chunk_file(m.chunks[1].id).read_bytes()
+    assert status_of(f"{server.url}/images/img/9/stream") == 404
+    assert status_of(f"{server.url}/chunks/{'0' * 32}") == 404
+
+
+def test_resumed_range_downloads_equal_the_full_one(server: Server, tmp_path: Path) -> None:
+    url = f"{server.url}/images/img/1/stream"
+    full = curl(url).stdout
+    m = server.store.resolve("img")
+    assert m is not None and len(full) == m.compressed_size
+    part = tmp_path / "part"
+    cut = m.compressed_offsets[2] + 1234  # inside the third frame
+    part.write_bytes(curl("-r", f"0-{cut - 1}", url).stdout)
+    assert status_of("-r", f"0-{cut - 1}", url) == 206
+    curl("-C", "-", "-o", str(part), url)
+    assert part.read_bytes() == full
+    # busybox wget -c, the way mount_rootfs resumes a chunk
+    part.write_bytes(full[:777])
+    subprocess.run(["busybox", "wget", "-q", "-c", "-O", str(part), url], check=True, timeout=20)
+    assert part.read_bytes() == full
+    assert curl("-r", "-100", url).stdout == full[-100:]
+    head = curl("-I", url).stdout.decode().lower()
+    assert f"content-length: {len(full)}" in head and "etag:" in head
+    etag = next(
+        line.split(": ", 1)[1].strip() for line in head.splitlines() if line.startswith("etag")
+    )
+    assert status_of("-H", f"If-None-Match: {etag}", url) == 304
+    assert status_of("-H", 'If-Range: "stale"', "-r", "0-9", url) == 200
+
+
+def test_keep_alive_reuses_one_connection(server: Server) -> None:
+    before = server.http.stats.connections
+    r = curl("-v", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+             f"{server.url}/boot/kernel/vmlinuz", f"{server.url}/images/img/1/manifest",
+             f"{server.url}/images/img/1/stream")  # fmt: skip
+    assert b"Re-using existing connection" in r.stderr or b"Reusing existing connection" in r.stderr
+    assert server.http.stats.connections == before + 1
+
+
+def test_max_streams_answers_503_with_retry_after(server: Server, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "random").write_bytes(os.urandom(32 << 20))  # more than loopback socket buffers hold
+    server.store.import_tree("big", big)
+    socks = []
+    m = server.store.resolve("img")
+    assert m is not None
+    try:
+        for _ in range(4):  # four readers that never read hold every stream slot
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(b"GET /images/big/1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        deadline = time.monotonic() + 10
+        while server.http.stats.active_streams < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = curl("-D", "-", "-o", "/dev/null", f"{server.url}/chunks/{m.chunks[0].id}")
+        assert b" 503 " in r.stdout and b"retry-after: 2" in r.stdout.lower()
+        assert (
+            status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 200
+        )  # scripts are not streams
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 10
+    while server.http.stats.active_streams:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert status_of(f"{server.url}/chunks/{m.chunks[0].id}") == 200
+
+
+def test_status_reports_reach_the_callback(server: Server) -> None:
+    assert (
+        status_of("-d", "stage=fetching&done=3", f"{server.url}/boot/status/52-54-00-aa-bb-01")
+        == 204
+    )
+    assert status_of("-H", "content-type: application/json", "-d", '{"stage": "switch_root"}',
+                     f"{server.url}/boot/status/52:54:00:aa:bb:01") == 204  # fmt: skip
+    subprocess.run(["busybox", "wget", "-q", "-O", "/dev/null", "--post-data", "stage=initramfs",
+                    f"{server.url}/boot/status/52-54-00-aa-bb-01"], check=True, timeout=20)  # fmt: skip
+    assert status_of("-d", "Bad-Field=1", f"{server.url}/boot/status/52-54-00-aa-bb-01") == 400
+    assert status_of("-d", "x" * 20000, f"{server.url}/boot/status/52-54-00-aa-bb-01") == 413
+    deadline = time.monotonic() + 5
+    while len(server.reports) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert server.reports == [
+        (MAC, {"stage": "fetching", "done": "3"}),
+        (MAC, {"stage": "switch_root"}),
+        (MAC, {"stage": "initramfs"}),
+    ]
+
+
+def test_garbage_and_quarantined_chunks(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert server.http.stats.drops["malformed request"] == 1
+    m = server.store.resolve("img")
+    assert m is not None
+    victim = server.store.chunk_file(m.chunks[3].id)
+    victim.write_bytes(b"not a zstd frame" + victim.read_bytes()[16:])
+    report = server.store.verify()
+    assert report.corrupt == [m.chunks[3].id]
+    assert status_of(f"{server.url}/chunks/{m.chunks[3].id}") == 404
+    cut = curl(f"{server.url}/images/img/1/stream", check=False)
+    assert cut.returncode != 0  # the stream stops before the bad chunk rather than send it
+    assert len(cut.stdout) == m.compressed_offsets[3]
+    assert server.http.stats.drops["chunk missing mid-stream"] == 1
+    assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 200  # still serving
