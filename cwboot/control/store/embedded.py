@@ -106,10 +106,9 @@ class EmbeddedStore(Store):
         self.clock = clock
         self.max_events = max_events
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Opening is quick (no trio thread needed); only a file held by another process waits.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout)
         try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
-            )
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -118,6 +117,7 @@ class EmbeddedStore(Store):
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compact_revision', 0)")
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            self._db.close()
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         meta = dict(self._db.execute("SELECT name, value FROM meta"))
         self.revision: int = meta["revision"]
