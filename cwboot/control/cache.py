@@ -65,8 +65,9 @@ class _Indexes:
         if doc is None:
             return
         names = self.by_name[kind]
-        if names.get(doc.get("name")) is doc:
-            del names[doc["name"]]
+        name = doc.get("name", "")
+        if names.get(name) is doc:
+            del names[name]
         if kind == "node":
             for mac in doc.get("mac", ()):
                 if self.by_mac.get(mac) is doc:

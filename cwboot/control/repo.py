@@ -150,20 +150,6 @@ class Objects:
         kv, doc = await self._load(kind, ref)
         return doc, kv.mod_revision
 
-    async def list(self, kind: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        """Every object of ``kind`` (natural order of names) whose fields match ``filters``.
-
-        A filter ``field=value`` matches when the field equals the value (numbers
-        compared as text), or contains it for list fields (``groups=rack1``,
-        ``mac=52:54:...``); ``attributes.<key>=value`` matches one attribute;
-        values with ``*?[`` are shell globs (``name=n1*``).
-        """
-        match = _compile_filters(kind, filters or {})
-        kvs, _ = await self.store.list(kind_prefix(kind))
-        docs = [doc for doc in (json.loads(kv.value) for kv in kvs) if match(doc)]
-        docs.sort(key=lambda d: _natural(d.get("name", "")))
-        return docs
-
     # -- naming pools and node names
 
     async def _pool(self, name: str) -> dict[str, Any]:
@@ -317,10 +303,10 @@ class Objects:
             for batch in batches:
                 nursery.start_soon(write, batch)
         if failures:
-            exc = failures[0]
-            if isinstance(exc, Conflict) and written:
-                raise Conflict(f"{exc}; {written} of {len(created)} objects were written by other transactions")
-            raise exc
+            first = failures[0]
+            if isinstance(first, Conflict) and written:
+                raise Conflict(f"{first}; {written} of {len(created)} objects were written by other transactions")
+            raise first
         return created
 
     def _batches(
@@ -482,6 +468,21 @@ class Objects:
             if await self.store.txn([compare], [Put(key, encode(status), lease)]) is not None:
                 return status
         raise Conflict(f"could not report the status of node {node!r}: it kept changing")
+
+    # Last in the class: a method named list shadows the builtin in annotations below it.
+    async def list(self, kind: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every object of ``kind`` (natural order of names) whose fields match ``filters``.
+
+        A filter ``field=value`` matches when the field equals the value (numbers
+        compared as text), or contains it for list fields (``groups=rack1``,
+        ``mac=52:54:...``); ``attributes.<key>=value`` matches one attribute;
+        values with ``*?[`` are shell globs (``name=n1*``).
+        """
+        match = _compile_filters(kind, filters or {})
+        kvs, _ = await self.store.list(kind_prefix(kind))
+        docs = [doc for doc in (json.loads(kv.value) for kv in kvs) if match(doc)]
+        docs.sort(key=lambda d: _natural(d.get("name", "")))
+        return docs
 
 
 def _compile_filters(kind: str, filters: Mapping[str, str]) -> Callable[[Mapping[str, Any]], bool]:

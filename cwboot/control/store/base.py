@@ -95,12 +95,13 @@ class Store(ABC):
     async def get(self, key: str) -> KeyValue | None: ...
 
     @abstractmethod
-    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
-        """All keys under ``prefix`` (sorted) and the store revision the read saw."""
-
-    @abstractmethod
     async def list_prefixes(self, prefixes: Sequence[str]) -> tuple[list[KeyValue], int]:
         """``list`` of several prefixes, all read at the same revision (returned)."""
+
+    # Defined after every annotation that says list[...]: in a class body the method shadows the builtin.
+    @abstractmethod
+    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys under ``prefix`` (sorted) and the store revision the read saw."""
 
     @abstractmethod
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:

@@ -251,9 +251,6 @@ class EmbeddedStore(Store):
     async def get(self, key: str) -> KeyValue | None:
         return await self._run(self._get_sync, key)
 
-    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
-        return await self._run(self._list_sync, [prefix])
-
     async def list_prefixes(self, prefixes: Sequence[str]) -> tuple[list[KeyValue], int]:
         return await self._run(self._list_sync, list(prefixes))
 
@@ -417,6 +414,10 @@ class EmbeddedStore(Store):
         await trio.to_thread.run_sync(self._db.close, limiter=self._limiter)
         self._closed = True
         self._changed.set()
+
+    # Last in the class: a method named list shadows the builtin in annotations below it.
+    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return await self._run(self._list_sync, [prefix])
 
 
 class _EmbeddedWatch:

@@ -136,7 +136,8 @@ class EtcdStore(Store):
         With one endpoint the channel stays: gRPC reconnects it by itself.
         """
         with self._lock:
-            if self._client is client and len(self.endpoints) > 1:
+            failed = self._client is client
+            if failed and len(self.endpoints) > 1:
                 self._client = None
                 self._current = (self._current + 1) % len(self.endpoints)
                 client.close()
@@ -199,9 +200,6 @@ class EtcdStore(Store):
                 if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
                     raise
         raise StoreError("etcd kept compacting while we listed; giving up")
-
-    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
-        return await self._run(lambda client: self._list_sync(client, [prefix]))
 
     async def list_prefixes(self, prefixes: Sequence[str]) -> tuple[list[KeyValue], int]:
         return await self._run(lambda client: self._list_sync(client, list(prefixes)))
@@ -281,6 +279,10 @@ class EtcdStore(Store):
             client, self._client = self._client, None
         if client is not None:
             await trio.to_thread.run_sync(client.close)
+
+    # Last in the class: a method named list shadows the builtin in annotations below it.
+    async def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return await self._run(lambda client: self._list_sync(client, [prefix]))
 
 
 def _compare(c: Compare) -> Any:
