@@ -263,3 +263,21 @@ async def test_largest_allowed_transaction_goes_through(make_store: StoreFactory
         assert len(kvs) == n and {kv.mod_revision for kv in kvs} == {rev}
     finally:
         await store.aclose()
+
+
+@trio_test
+async def test_watch_catches_up_on_a_large_backlog(make_store: StoreFactory) -> None:
+    """~6 MB of history replayed at once (more than gRPC's default 4 MiB message)."""
+    store = make_store()
+    try:
+        value = b"v" * 1200
+        first = None
+        for t in range(50):
+            rev = await store.txn([], [Put(f"/t/{t:02d}/{i:03d}", value) for i in range(100)])
+            first = first or rev
+        assert first is not None
+        async with store.watch("/t/", first) as events:
+            replay = await collect(events, 5000, timeout=30)
+        assert len({e.key for e in replay}) == 5000 and replay[-1].mod_revision == rev
+    finally:
+        await store.aclose()
