@@ -120,7 +120,8 @@ class RelaySocket:
     ``drops`` counts what arrived and could not be used, by reason.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, giaddr: str, server: tuple[str, int]) -> None:
+    def __init__(self, sock: socket.socket, giaddr: str, server: tuple[str, int]) -> None:
+        sock.setblocking(False)
         self.sock = sock
         self.giaddr = ipaddress.IPv4Address(giaddr).packed
         self.server = server
@@ -133,26 +134,34 @@ class RelaySocket:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
     async def run(self) -> None:
-        """Receive forever; each reply goes to the node waiting on its xid."""
+        """Receive forever, draining every queued reply per wake-up (a storm's OFFERs come in bursts)."""
         while True:
-            data = await self.sock.recv(4096)
-            self.received += 1
-            try:
-                packet = dhcp.parse_untrusted(data)
-            except BadPacket:
-                self._drop("bad_packet")
-                continue
-            if packet.op != spec.BOOTREPLY:
-                self._drop("not_a_reply")
-                continue
-            send = self._waiters.get(packet.xid)
-            if send is None:
-                self._drop("unknown_xid")
-                continue
-            try:
-                send.send_nowait(packet)
-            except trio.WouldBlock:
-                self._drop("waiter_full")
+            await trio.lowlevel.wait_readable(self.sock)
+            while True:
+                try:
+                    data = self.sock.recv(4096)
+                except BlockingIOError:
+                    break
+                self.received += 1
+                self._dispatch(data)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            packet = dhcp.parse_untrusted(data)
+        except BadPacket:
+            self._drop("bad_packet")
+            return
+        if packet.op != spec.BOOTREPLY:
+            self._drop("not_a_reply")
+            return
+        send = self._waiters.get(packet.xid)
+        if send is None:
+            self._drop("unknown_xid")
+            return
+        try:
+            send.send_nowait(packet)
+        except trio.WouldBlock:
+            self._drop("waiter_full")
 
     def register(self, xid: int) -> trio.MemoryReceiveChannel[DhcpPacket]:
         send, receive = trio.open_memory_channel[DhcpPacket](8)
@@ -164,7 +173,12 @@ class RelaySocket:
 
     async def send(self, packet: bytes) -> None:
         self.sent += 1
-        await self.sock.sendto(packet, self.server)
+        while True:
+            try:
+                self.sock.sendto(packet, self.server)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
 
 
 async def exchange(

@@ -264,20 +264,24 @@ def _start_process(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], 
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
     if not line:
-        proc.wait(timeout=10)
+        _stop(proc)
         raise RuntimeError(f"{cmd[-1]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
     return proc, line
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
+    """Terminate one process we started (by its PID), wait for it, close its pipe."""
+    if proc is None:
         return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def head_overrides(link: _Link, state_dir: Path, extra: Sequence[str]) -> list[str]:
@@ -360,6 +364,7 @@ def _report(
         "rate": options.rate, "launch_rate": options.launch_rate, "head_settings": options.head_settings,
         "node": dataclasses.asdict(options.node), "cpus": os.cpu_count(),
         "dhcp_sent": swarm.dhcp_sent, "dhcp_received": swarm.dhcp_received, "relay_drops": swarm.relay_drops,
+        "client_loop_lag": swarm.loop_lag,
         "http_connects": swarm.http.connects, "http_requests": swarm.http.requests,
     }  # fmt: skip
     return StormReport(
@@ -377,14 +382,17 @@ async def _storm(
     fl: floor.FloorResult | None, digests: FrameDigests,
 ) -> StormReport:  # fmt: skip
     source = netns.node_address(0, link.node_network())
-    await prove_image(image_url, digests, source=source, make_socket=link.make_socket)
+    m = await prove_image(image_url, digests, source=source, make_socket=link.make_socket)
     meter = ProcessMeter(pids)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(meter.run)
         swarm = await run_swarm(targets, options.nodes, config=options.node, digests=digests,
                                 launch_rate=options.launch_rate)  # fmt: skip
         nursery.cancel_scope.cancel()
-    return _report(options, link, swarm, meter.result(), fl)
+    report = _report(options, link, swarm, meter.result(), fl)
+    report.settings["image_chunks"] = len(m.chunks)
+    report.settings["image_compressed_bytes"] = m.compressed_size
+    return report
 
 
 async def run_storm(options: StormOptions) -> StormReport:
