@@ -37,14 +37,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import trio
 
 from cwboot import config as cwconfig
 from cwboot.control.images import ImageStore
-from cwboot.sim import baseline, floor, head_process, netns
+from cwboot.sim import baseline, floor, head_process, ipxe_script, netns
 from cwboot.sim import content as content_mod
+from cwboot.sim.http_client import HttpConnection
 from cwboot.sim.node import PHASES, NodeConfig, NodeResult, mac_for
 from cwboot.sim.rootfs import FrameDigests
 from cwboot.sim.swarm import (
@@ -379,7 +381,7 @@ def _report(
 
 async def _storm(
     options: StormOptions, link: _Link, targets: SwarmTargets, image_url: str, pids: list[int],
-    fl: floor.FloorResult | None, digests: FrameDigests,
+    fl: floor.FloorResult | None, digests: FrameDigests, first_index: int = 0,
 ) -> StormReport:  # fmt: skip
     source = netns.node_address(0, link.node_network())
     m = await prove_image(image_url, digests, source=source, make_socket=link.make_socket)
@@ -387,7 +389,7 @@ async def _storm(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(meter.run)
         swarm = await run_swarm(targets, options.nodes, config=options.node, digests=digests,
-                                launch_rate=options.launch_rate)  # fmt: skip
+                                launch_rate=options.launch_rate, first_index=first_index)  # fmt: skip
         nursery.cancel_scope.cancel()
     report = _report(options, link, swarm, meter.result(), fl)
     report.settings["image_chunks"] = len(m.chunks)
@@ -490,3 +492,65 @@ def plot(reports: Sequence[StormReport], path: str | os.PathLike[str]) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+async def discover_image_url(http_url: str, mac: str) -> str:
+    """The rootfs base URL a node's iPXE script names (``{head}/images/{name}/{version}``)."""
+    conn = HttpConnection(*_host_port_of(http_url))
+    try:
+        script_url = f"{http_url}/boot/ipxe/{mac.replace(':', '-')}"
+        response = await conn.request("GET", script_url.split(http_url, 1)[1])
+        if response.status != 200:
+            raise RuntimeError(
+                f"{script_url}: HTTP {response.status} (is node {mac} known to the head?)"
+            )
+        boot = ipxe_script.follow(response.body.decode("utf-8", "replace"), script_url,
+                                  ipxe_script.node_settings(mac))  # fmt: skip
+        urls = ipxe_script.rootfs_urls(boot.cmdline)
+        if not urls:
+            raise RuntimeError(
+                f"{script_url}: the script names no image (boot config without one?)"
+            )
+        return urls[0]
+    finally:
+        conn.close()
+
+
+def _host_port_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 80
+
+
+def storm_node_docs(
+    count: int, *, first_index: int = 0, naming_pool: str = "default", boot_config: str = "default"
+) -> list[dict[str, Any]]:
+    """Node documents for ``Objects.create_many("node", ...)``: the MACs simulated nodes use."""
+    return [
+        {"index": i, "naming_pool": naming_pool, "mac": [mac_for(i)], "boot_config": boot_config}
+        for i in range(first_index, first_index + count)
+    ]
+
+
+async def demo_storm(
+    head_ports: Any, nodes: int, *, first_index: int = 0, node: NodeConfig | None = None
+) -> StormReport:
+    """Boot ``nodes`` simulated nodes through an already-running head on loopback.
+
+    ``head_ports`` is what ``cwboot.head.run_head`` reported (``address`` and
+    the ``dhcp``/``tftp``/``http`` ports). The head must know MACs
+    ``mac_for(first_index)``.. (``storm_node_docs``) or enrol unknown MACs, and
+    their boot config must name an image. DHCP goes through a relay bound on a
+    127.77.x.y address, port 67 (the port servers answer relays on): needs root.
+    Server CPU/RSS are not measured (the head shares this process).
+    """
+    ports = head_process.ports_of(head_ports)
+    address = head_ports.address
+    http_url = f"http://{address}:{ports['http']}"
+    image_url = await discover_image_url(http_url, mac_for(first_index))
+    link = _Link(None)
+    targets = SwarmTargets((address, ports["dhcp"]), link.relay(), ports["tftp"],
+                           node_network=link.node_network())  # fmt: skip
+    options = StormOptions(
+        nodes=nodes, target="running", measure_floor=False, node=node or NodeConfig()
+    )
+    return await _storm(options, link, targets, image_url, [], None, FrameDigests(), first_index)

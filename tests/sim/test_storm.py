@@ -8,11 +8,18 @@ firmware, iPXE and mount_rootfs would (cwboot.sim.node).
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 import trio
 
+from cwboot import config as cwconfig
+from cwboot.control.images import ImageStore
+from cwboot.head import run_head
+from cwboot.sim import content, head_process
 from cwboot.sim.node import PHASES
-from cwboot.sim.storm import StormOptions, StormReport, run_storm
+from cwboot.sim.storm import StormOptions, StormReport, demo_storm, run_storm
 
 
 def _check(report: StormReport, nodes: int) -> None:
@@ -46,6 +53,28 @@ def test_storm_stream_mode_with_a_tight_stream_budget() -> None:
     report = trio.run(run_storm, options)
     _check(report, 30)
     assert report.waits > 0
+
+
+def test_demo_storm_through_a_head_in_this_process(tmp_path: Path) -> None:
+    """What ``cwboot demo`` does: a head already running, nodes booted through it."""
+    config = cwconfig.load(None, [
+        f"head.state_dir={tmp_path}", "head.advertise_address=127.0.0.1", "api.enabled=false",
+        *(f"{s}.{k}" for s in ("dhcp", "tftp", "http") for k in ("listen=127.0.0.1", "port=0")),
+    ])  # fmt: skip
+    stored = content.prepare(ImageStore.from_config(config), tmp_path / "src", image="synthetic:2",
+                             kernel_mib=0.5, initramfs_mib=0.5)  # fmt: skip
+
+    async def main() -> StormReport:
+        await head_process.seed(config, stored, 20)
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(functools.partial(run_head, config))
+            report = await demo_storm(ports, 20)
+            nursery.cancel_scope.cancel()
+        return report
+
+    report = trio.run(main)
+    assert report.failures == 0 and report.up == 20
+    assert all(n["chunks_verified"] == report.settings["image_chunks"] for n in report.node_results)
 
 
 @pytest.mark.storm
