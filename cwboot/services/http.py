@@ -36,6 +36,7 @@ import json
 import os
 import re
 import socket as _socket
+import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ class _Engine:
         self.report_status = report_status
         self.loader_dir = loader_dir
         self.stats = HttpStats()
+        # None: bulk bodies are sent from the trio thread; a limiter: from up to that many worker threads
+        self.bulk_threads: trio.CapacityLimiter | None = None
         self.max_streams = config.http.max_streams
         self._etags: dict[tuple[str, str], tuple[Manifest, bytes]] = {}
         self.reports: trio.MemorySendChannel[tuple[str, dict[str, str]]]
@@ -474,6 +477,16 @@ class _Connection:
         self.h11.send(h11.EndOfMessage())
 
     async def _sendfile_body(self, body: _FileBody, start: int, stop: int) -> None:
+        if self.engine.bulk_threads is not None:
+            async with self.engine.bulk_threads:
+                sent = await trio.to_thread.run_sync(
+                    _send_pieces_blocking, self.sock.fileno(), body, start, stop
+                )
+            self.engine.stats.bytes_sent += sent
+            if sent < stop - start:
+                self.engine.stats.drops["chunk missing mid-stream"] += 1
+                raise OSError(errno.ENOENT, "chunk missing")
+            return
         sockfd = self.sock.fileno()
         for path, offset, length in body.pieces_for(start, stop):
             if path is None:
@@ -499,6 +512,39 @@ class _Connection:
             await trio.lowlevel.checkpoint()
 
 
+_SNDTIMEO = struct.pack("ll", int(SEND_STALL_TIMEOUT), 0)
+
+
+def _send_pieces_blocking(sockfd: int, body: _FileBody, start: int, stop: int) -> int:
+    """Worker-thread variant: blocking sendfile of every piece; returns bytes sent.
+
+    The socket is blocking only while this runs (the trio task is parked awaiting
+    it), with SO_SNDTIMEO bounding a stalled peer. Stops early at a missing chunk.
+    """
+    sent_total = 0
+    os.set_blocking(sockfd, True)
+    sock = _socket.socket(fileno=sockfd)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _SNDTIMEO)
+        for path, offset, length in body.pieces_for(start, stop):
+            if path is None:
+                return sent_total
+            with open(path, "rb") as f:
+                end = offset + length
+                while offset < end:
+                    sent = os.sendfile(sockfd, f.fileno(), offset, end - offset)
+                    if sent == 0:
+                        raise OSError(errno.EPIPE, "file shorter than expected or peer gone")
+                    offset += sent
+                    sent_total += sent
+    except BlockingIOError:
+        raise trio.TooSlowError from None  # SO_SNDTIMEO: the peer stopped reading
+    finally:
+        sock.detach()
+        os.set_blocking(sockfd, False)
+    return sent_total
+
+
 async def serve_http(
     config: Config,
     lookup: ObjectLookup,
@@ -507,10 +553,13 @@ async def serve_http(
     heads: Callable[[], Sequence[str]],
     report_status: ReportStatus | None = None,
     loader_dir: Path = DEFAULT_LOADER_DIR,
+    bulk_threads: int = 0,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``task_status.started(HttpServer)`` once bound (port 0 -> real port)."""
     engine = _Engine(config, lookup, image_store, heads, report_status, loader_dir)
+    if bulk_threads:
+        engine.bulk_threads = trio.CapacityLimiter(bulk_threads)
     listener = trio.socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     await listener.bind((config.http.listen, config.http.port))

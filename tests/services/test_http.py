@@ -60,8 +60,8 @@ def make_tree(root: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture(params=[0, 4], ids=["trio-sendfile", "thread-sendfile"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     store = ImageStore(tmp_path / "images", chunk_size=CHUNK)
     tree = make_tree(tmp_path / "tree")
     store.import_tree("img", tree)
