@@ -1,8 +1,10 @@
 """The baseline boot stack: dnsmasq (DHCP + TFTP) and nginx (HTTP) in the test's namespace.
 
-It serves the same kernel, initramfs and root image as cwboot would, and records each
-node's ``up`` report in nginx's access log (``/status/up/<mac>``), so a VM's time to
-``up`` can be compared with the same boot through cwboot.
+It serves the very same kernel, cwboot initramfs and image chunks as cwboot does, at
+the URLs mount_rootfs asks for (``/images/NAME/VERSION/manifest.txt``, ``/chunks/ID``),
+so only the servers differ. Status reports (``POST /boot/status/<mac>``) are answered
+204 and land in nginx's access log; the root filesystem's own report (user agent
+``cwtest-rootfs``) is the node's ``up``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.vm.harness import IPXE_DIR, Netns, mac_for
@@ -18,36 +21,58 @@ from tests.vm.harness import IPXE_DIR, Netns, mac_for
 NGINX_PORT = 8090
 
 
-def boot_script(head: str, cmdline: str) -> str:
+@dataclass(frozen=True)
+class BootFiles:
+    """What a node boots: kernel, initramfs, one image version (manifest text + chunk files)."""
+
+    vmlinuz: Path
+    initramfs: Path
+    image: str
+    version: str
+    manifest_txt: bytes
+    chunks: dict[str, Path]
+    cmdline: str
+    style: str = "rwram"
+
+
+def boot_script(head: str, files: BootFiles) -> str:
+    """The kernel command line cwboot renders (cwboot.protocol.ipxe); iPXE fills in the MAC."""
     base = f"http://{head}:{NGINX_PORT}"
+    args = (
+        f"initrd=initramfs {files.cmdline} cwboot.heads={base} cwboot.image={files.image} "
+        f"cwboot.version={files.version} cwboot.style={files.style} "
+        "cwboot.mac=${net0/mac:hexhyp} cwboot.node=baseline"
+    )
     return (
         "#!ipxe\n"
-        f"kernel {base}/vmlinuz initrd=initrd.img {cmdline} "
-        f"cwtest.image={base}/rootfs.tar.zst cwtest.report={base}/status/up/@MAC@\n"
-        f"initrd --name initrd.img {base}/initrd.img\n"
+        f"kernel --name vmlinuz {base}/vmlinuz {args}\n"
+        f"initrd --name initramfs {base}/initramfs\n"
         "boot\n"
     )
 
 
 class Baseline:
-    """dnsmasq + nginx serving ``vmlinuz``, ``initrd.img`` and ``rootfs.tar.zst`` from ``root``."""
+    """dnsmasq + nginx serving ``files`` to ``nodes`` VMs (MACs ``mac_for(0..nodes-1)``).
+
+    ``uefi_http``: ignore OVMF's PXE requests so its UEFI HTTP boot client takes over.
+    """
 
     def __init__(
-        self,
-        netns: Netns,
-        workdir: Path,
-        vmlinuz: Path,
-        initrd: Path,
-        image: Path,
-        cmdline: str,
-        nodes: int,
+        self, netns: Netns, workdir: Path, files: BootFiles, nodes: int, *, uefi_http: bool = False
     ) -> None:
         self.netns = netns
         self.root = workdir / "www"
         self.root.mkdir(parents=True, exist_ok=True)
-        for src, name in ((vmlinuz, "vmlinuz"), (initrd, "initrd.img"), (image, "rootfs.tar.zst")):
-            shutil.copyfile(src, self.root / name)
-        (self.root / "boot.ipxe").write_text(boot_script(netns.head_ip, cmdline))
+        shutil.copyfile(files.vmlinuz, self.root / "vmlinuz")
+        shutil.copyfile(files.initramfs, self.root / "initramfs")
+        images = self.root / "images" / files.image / files.version
+        images.mkdir(parents=True)
+        (images / "manifest.txt").write_bytes(files.manifest_txt)
+        (self.root / "chunks").mkdir()
+        for cid, path in files.chunks.items():
+            shutil.copyfile(path, self.root / "chunks" / cid)
+        shutil.copyfile(IPXE_DIR / "ipxe.efi", self.root / "ipxe.efi")
+        (self.root / "boot.ipxe").write_text(boot_script(netns.head_ip, files))
         self.tftp = workdir / "tftp"
         self.tftp.mkdir(exist_ok=True)
         for loader in ("undionly.kpxe", "ipxe.efi", "snponly.efi"):
@@ -56,7 +81,7 @@ class Baseline:
         self.access_log.write_text("")
         self.dnsmasq_log = workdir / "dnsmasq.log"
         self._start_nginx(workdir)
-        self._start_dnsmasq(workdir, nodes)
+        self._start_dnsmasq(workdir, nodes, uefi_http)
 
     def _start_nginx(self, workdir: Path) -> None:
         tmp = workdir / "nginx-tmp"
@@ -82,7 +107,7 @@ http {{
     server {{
         listen {self.netns.head_ip}:{NGINX_PORT};
         root {self.root};
-        location /status/ {{ return 204; }}
+        location /boot/status/ {{ return 204; }}
     }}
 }}
 """
@@ -92,7 +117,7 @@ http {{
             stderr=subprocess.DEVNULL,
         )
 
-    def _start_dnsmasq(self, workdir: Path, nodes: int) -> None:
+    def _start_dnsmasq(self, workdir: Path, nodes: int, uefi_http: bool) -> None:
         head = self.netns.head_ip
         hosts = "".join(f"dhcp-host={mac_for(i)},{self.netns.ip_for(i)}\n" for i in range(nodes))
         conf = workdir / "dnsmasq.conf"
@@ -117,9 +142,9 @@ enable-tftp
 tftp-root={self.tftp}
 log-dhcp
 log-facility={self.dnsmasq_log}
+{"dhcp-ignore=tag:efi64,tag:!ipxe" if uefi_http else ""}
 """
         )
-        shutil.copyfile(IPXE_DIR / "ipxe.efi", self.root / "ipxe.efi")
         self.dnsmasq = self.netns.popen(
             ["dnsmasq", "-k", "-C", str(conf), f"--pid-file={workdir}/dnsmasq.pid"]
         )
@@ -130,5 +155,9 @@ log-facility={self.dnsmasq_log}
             )
 
     def reported_up(self, mac: str) -> bool:
-        pattern = re.compile(rf'"POST /status/up/{re.escape(mac)} HTTP/1\.[01]" 204')
+        """The root filesystem of ``mac`` (aa:bb:...) posted its ``up`` report."""
+        dashed = mac.replace(":", "-")
+        pattern = re.compile(
+            rf'"POST /boot/status/{dashed} HTTP/1\.[01]" 204 \S+ "[^"]*" "cwtest-rootfs"'
+        )
         return bool(pattern.search(self.access_log.read_text()))

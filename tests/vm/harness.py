@@ -7,10 +7,8 @@ drives the dnsmasq + nginx baseline):
   and unpacked with ``dpkg-deb -x`` into a cache directory (never installed on
   the host), so reruns are fast.
 - ``build_rootfs``: a tiny real root filesystem (busybox-static) whose init
-  reports ``up`` with the node's MAC to a URL taken from the kernel command
-  line, then powers the VM off.
-- ``build_test_initramfs``: a minimal initramfs (virtio-net modules, udhcpc,
-  ``wget | zstd -d | tar x`` into tmpfs, switch_root) for the baseline.
+  reports ``up`` to the head (cwboot's status contract, docs/images.md), then
+  powers the VM off.
 - ``Netns``: a namespace with a bridge and tap devices on a private subnet;
   every process started in it is tracked by PID and killed on close.
 - ``start_vm``: ``qemu-system-x86_64 -accel tcg -boot n`` on one tap, BIOS
@@ -21,8 +19,6 @@ drives the dnsmasq + nginx baseline):
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
 import ipaddress
 import itertools
 import os
@@ -30,9 +26,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -43,9 +38,6 @@ IPXE_ROM_DIR = Path("/usr/lib/ipxe/qemu")
 IPXE_DIR = Path("/usr/lib/ipxe")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-
-# Modules the initramfs loads so the VM's virtio NIC appears (the cloud kernel has them as modules).
-NIC_MODULES = ("virtio_pci", "virtio_net")
 
 # Firmware paths a VM can take to reach iPXE / the kernel.
 FIRMWARES = ("bios", "uefi-pxe", "uefi-http")
@@ -110,75 +102,40 @@ def fetch_kernel(cache: Path = DEFAULT_CACHE) -> Kernel:
     return Kernel(version, vmlinuz, vmlinuz.parent.parent / "lib" / "modules" / version)
 
 
-def _module_files(kernel: Kernel) -> dict[str, Path]:
-    files = {}
-    for ko in kernel.modules.rglob("*.ko"):
-        files[ko.stem.replace("-", "_")] = ko
-    return files
+# -- the root filesystem the VMs switch into ---------------------------------------
 
+# The image's /sbin/init: POSTs stage=up to /boot/status/<mac> on the first head that answers
+# (cwboot.heads and cwboot.mac come from the kernel command line, as mount_rootfs reads them),
+# then powers off. The user agent "cwtest-rootfs" tells its report apart in nginx's access log.
+ROOTFS_INIT = """#!/bin/sh
+export PATH=/bin
+grep -q " /proc " /proc/mounts 2>/dev/null || mount -t proc proc /proc
+grep -q " /sys " /proc/mounts || mount -t sysfs sysfs /sys
+grep -q " /dev " /proc/mounts || mount -t devtmpfs devtmpfs /dev
+arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
+mac=$(arg cwboot.mac)
+heads=$(arg cwboot.heads | tr ',' ' ')
+echo "cwtest-rootfs: real root is up on $mac after $(cut -d' ' -f1 /proc/uptime) s"
+ok=0
+for try in 1 2 3 4 5 6 7 8 9 10; do
+    for head in $heads; do
+        if timeout 5 wget -q -U cwtest-rootfs -O /dev/null --post-data "stage=up" "$head/boot/status/$mac"; then
+            ok=1; echo "cwtest-rootfs: reported up to $head"; break 2
+        fi
+    done
+    sleep 1
+done
+[ $ok = 1 ] || echo "cwtest-rootfs: could not report up to $heads"
+sync
+poweroff -f
+"""
+ROOTFS_APPLETS = (
+    "sh", "mount", "umount", "mkdir", "cat", "sleep", "ip", "wget", "timeout", "poweroff", "echo",
+    "grep", "sed", "ls", "tr", "cut", "tail", "sync", "ps", "df", "hostname",
+)  # fmt: skip
 
-def _module_depends(ko: Path) -> list[str]:
-    # .modinfo holds NUL-separated key=value strings; "depends=a,b" names the modules to load first.
-    data = ko.read_bytes()
-    at = data.find(b"\0depends=")
-    if at < 0:
-        return []
-    value = data[at + len(b"\0depends=") : data.index(b"\0", at + 1)].decode()
-    return [m.replace("-", "_") for m in value.split(",") if m]
-
-
-def module_load_order(kernel: Kernel, wanted: Iterable[str] = NIC_MODULES) -> list[Path]:
-    """``wanted`` and their dependencies, each after the modules it depends on."""
-    files = _module_files(kernel)
-    order: list[Path] = []
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen:
-            return
-        seen.add(name)
-        for dep in _module_depends(files[name]):
-            visit(dep)
-        order.append(files[name])
-
-    for name in wanted:
-        visit(name)
-    return order
-
-
-# -- cpio (newc) archives -----------------------------------------------------------
-
-
-class Cpio:
-    """A deterministic newc cpio archive built in memory (what the kernel unpacks as initramfs)."""
-
-    def __init__(self) -> None:
-        self._buf = io.BytesIO()
-        self._ino = itertools.count(1)
-
-    def _entry(self, name: str, mode: int, data: bytes = b"") -> None:
-        fields = [next(self._ino), mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        self._buf.write(header + name.encode() + b"\0")
-        self._pad()
-        self._buf.write(data)
-        self._pad()
-
-    def _pad(self) -> None:
-        self._buf.write(b"\0" * (-self._buf.tell() % 4))
-
-    def dir(self, name: str) -> None:
-        self._entry(name, 0o040755)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._entry(name, 0o100000 | mode, data)
-
-    def symlink(self, name: str, target: str) -> None:
-        self._entry(name, 0o120777, target.encode())
-
-    def finish(self) -> bytes:
-        self._entry("TRAILER!!!", 0)
-        return self._buf.getvalue()
+# A file the test can look for to prove the VM ran this root filesystem, not something else.
+ROOTFS_MARKER = "etc/cwboot-test-rootfs"
 
 
 def _busybox() -> Path:
@@ -186,124 +143,6 @@ def _busybox() -> Path:
     if not path.exists():
         raise FileNotFoundError("busybox-static is not installed (scripts/apt-packages.txt)")
     return path
-
-
-def _shared_libraries(binary: Path) -> list[Path]:
-    out = _run(["ldd", str(binary)]).stdout
-    libs = []
-    for line in out.split("\n"):
-        parts = line.split()
-        for p in parts:
-            if p.startswith("/"):
-                libs.append(Path(p))
-    return libs
-
-
-BUSYBOX_APPLETS = (
-    "sh", "mount", "umount", "mkdir", "cat", "sleep", "ip", "udhcpc", "wget", "tar", "insmod",
-    "switch_root", "poweroff", "reboot", "echo", "grep", "sed", "ls", "tr", "cut", "date", "uptime",
-)  # fmt: skip
-
-UDHCPC_SCRIPT = """#!/bin/sh
-# Configure the interface from busybox udhcpc's environment.
-case "$1" in
-bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    if [ -n "$router" ]; then ip route add default via "${router%% *}" dev "$interface"; fi
-    ;;
-deconfig)
-    ip addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-esac
-exit 0
-"""
-
-# The baseline's initramfs: one NIC, DHCP, the image stream unpacked into tmpfs.
-TEST_INITRAMFS_INIT = """#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
-fail() { echo "cwtest-initramfs: $*"; poweroff -f; }
-for m in $(cat /modules.order); do insmod "/lib/modules/$m" || fail "insmod $m"; done
-ip link set lo up
-n=0
-while [ ! -e /sys/class/net/eth0 ]; do n=$((n + 1)); [ $n -gt 100 ] && fail "no eth0"; sleep 0.1; done
-ip link set eth0 up
-udhcpc -i eth0 -q -f -n -t 10 -T 1 -s /bin/udhcpc.script || fail "no DHCP lease"
-image=$(arg cwtest.image)
-[ -n "$image" ] || fail "no cwtest.image= on the command line"
-mkdir -p /newroot
-mount -t tmpfs -o size=64m rootfs /newroot
-echo "cwtest-initramfs: fetching $image"
-wget -q -O - "$image" | zstd -q -d | tar -x -C /newroot || fail "image download/unpack failed"
-umount /sys /proc
-mount --move /dev /newroot/dev 2>/dev/null || umount /dev
-exec switch_root /newroot /sbin/init
-"""
-
-
-def build_test_initramfs(kernel: Kernel, out: Path) -> Path:
-    """A gzip'd newc initramfs for the baseline boot (cwboot builds its own)."""
-    cpio = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "lib64", "newroot", "tmp"):
-        cpio.dir(d)
-    cpio.file("bin/busybox", _busybox().read_bytes(), 0o755)
-    for applet in BUSYBOX_APPLETS:
-        cpio.symlink(f"bin/{applet}", "busybox")
-    cpio.file("bin/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
-    zstd = Path(shutil.which("zstd") or "/usr/bin/zstd")
-    cpio.file("bin/zstd", zstd.read_bytes(), 0o755)
-    done: set[str] = set()
-    for lib in _shared_libraries(zstd):
-        name = str(lib).lstrip("/")
-        for parent in reversed(Path(name).parents):
-            if str(parent) != "." and str(parent) not in done:
-                done.add(str(parent))
-                cpio.dir(str(parent))
-        cpio.file(name, lib.resolve().read_bytes(), 0o755)
-    order = module_load_order(kernel)
-    for ko in order:
-        cpio.file(f"lib/modules/{ko.name}", ko.read_bytes())
-    cpio.file("modules.order", "".join(f"{ko.name}\n" for ko in order).encode())
-    cpio.file("init", TEST_INITRAMFS_INIT.encode(), 0o755)
-    out.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
-    return out
-
-
-# -- the root filesystem the VMs switch into ---------------------------------------
-
-# Reports "up" with the MAC of the interface the node booted from, then powers off. The URL comes
-# from the kernel command line (cwtest.report=...); "@MAC@" in it is replaced by the MAC.
-ROOTFS_INIT = """#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-grep -q " /dev " /proc/mounts || mount -t devtmpfs devtmpfs /dev
-arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
-mac=$(cat /sys/class/net/eth0/address)
-echo "cwtest-rootfs: real root is up on $mac after $(cut -d' ' -f1 /proc/uptime) s"
-url=$(arg cwtest.report | sed "s/@MAC@/$mac/g")
-ok=0
-for try in 1 2 3 4 5 6 7 8 9 10; do
-    if wget -q -O /dev/null --post-data "{\\"mac\\": \\"$mac\\", \\"stage\\": \\"up\\"}" \\
-            --header "Content-Type: application/json" "$url"; then
-        ok=1; break
-    fi
-    sleep 1
-done
-if [ $ok = 1 ]; then echo "cwtest-rootfs: reported up to $url"; else echo "cwtest-rootfs: report to $url FAILED"; fi
-sync
-poweroff -f
-"""
-
-ROOTFS_APPLETS = BUSYBOX_APPLETS + ("tail", "sync", "cut", "hostname", "ps", "df")
-
-# A file the test can look for to prove the VM ran this root filesystem, not something else.
-ROOTFS_MARKER = "etc/cwboot-test-rootfs"
 
 
 def build_rootfs(dest: Path) -> Path:
@@ -321,28 +160,6 @@ def build_rootfs(dest: Path) -> Path:
     (dest / ROOTFS_MARKER).write_text("cwboot VM test root filesystem\n")
     (dest / "etc" / "hostname").write_text("cwtest\n")
     return dest
-
-
-def rootfs_tar_zst(rootfs: Path, out: Path) -> Path:
-    """The root tree as one zstd stream of a tar archive (what the baseline serves)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for path in sorted(rootfs.rglob("*")):
-            info = tar.gettarinfo(str(path), str(path.relative_to(rootfs)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mtime = 0
-            if info.isfile():
-                with path.open("rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    out.write_bytes(
-        subprocess.run(
-            ["zstd", "-q", "-c", "-3"], input=buf.getvalue(), capture_output=True, check=True
-        ).stdout
-    )
-    return out
 
 
 # -- network namespace ----------------------------------------------------------------
