@@ -115,11 +115,15 @@ def main() -> None:
         args = (req, d.message_type, d.ciaddr, d.yiaddr, d.siaddr, d.sname, d.file, d.options)
         stages: list[tuple[str, Callable[[bytes], object], Callable[[bytes], object]]] = [
             ("parse", _wire_c.parse_untrusted, _wire_py.parse_untrusted),
-            ("build", lambda _: _wire_c.build_reply(*args), lambda _: _wire_py.build_reply(*args)),
+            (
+                "build",
+                lambda _, a=args: _wire_c.build_reply(*a),
+                lambda _, a=args: _wire_py.build_reply(*a),
+            ),
             (
                 "decide (same policy)",
-                lambda _: policy.decide(req, lookup),
-                lambda _: policy.decide(req, lookup),
+                lambda _, r=req: policy.decide(r, lookup),
+                lambda _, r=req: policy.decide(r, lookup),
             ),
             ("parse+decide+build", c_full, py_full),
         ]

@@ -352,12 +352,10 @@ class BootPolicy:
                 if kind == PXE:
                     boot.append((dhcp.OPT_VENDOR_CLASS, _PXE_CLASS))
                     boot.append((dhcp.OPT_VENDOR_SPECIFIC, _PXE_VENDOR))
-        lease = [boot[0], *self.network_options]
         name = node.get("name")
         if name:
-            lease.append((dhcp.OPT_HOSTNAME, name.encode()))
             boot.append((dhcp.OPT_HOSTNAME, name.encode()))
-        lease.extend(boot[1:])
+        lease = [boot[0], *self.network_options, *boot[1:]]
         template = _Template(node, ip, _aton(ip) if ip else _ZERO, file, tuple(boot), tuple(lease))
         if len(self._templates) >= _MAX_TEMPLATES:
             self._templates.clear()  # bounded: removed nodes do not pile up

@@ -6,10 +6,15 @@ then, for every datagram: parse -> decide -> build -> send. Answers come from
 the in-memory lookup only; nothing awaits the store on this path.
 
 Burst handling: the socket has a large receive buffer (``dhcp.rcvbuf_bytes``;
-SO_RCVBUFFORCE when root, so it is not capped by net.core.rmem_max) and is
-drained in batches of non-blocking ``recvfrom`` until EAGAIN (at most
-``BATCH`` per turn, then one checkpoint), not one scheduler round trip per
-packet.
+SO_RCVBUFFORCE when root, so it is not capped by net.core.rmem_max). The
+receive loop (recvfrom -> respond -> sendto) runs in a worker thread with
+blocking I/O, so a burst is drained back to back without any trio scheduler
+round trip per packet (measured with perfdhcp at 5,000 DORA/s: 60 us of server
+CPU per DORA this way, 101 us with a trio loop that drained the socket in
+non-blocking batches after each wait_readable). The handler only reads the
+lookup (plain dict reads, atomic under the GIL) and counters; cancellation
+stops the thread within ``POLL_INTERVAL``. Enrolment requests go back into
+trio through the trio token.
 
 Every datagram that gets no answer is counted with its reason in
 ``DhcpStats.dropped`` (codec errors as ``"bad packet: <why>"``, policy
@@ -30,7 +35,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +53,7 @@ BATCH = 512
 # Unknown MACs waiting for the enrol task; more are dropped (counted) until it catches up.
 ENROL_QUEUE = 1024
 MAX_DATAGRAM = 4096
+POLL_INTERVAL = 0.2
 # Linux <asm-generic/socket.h>; the socket module does not export it.
 SO_RCVBUFFORCE = 33
 
@@ -96,8 +103,8 @@ class DhcpResponder:
         self.policy = policy
         self.lookup = lookup
         self.stats = stats
-        # MACs for the enrol task; None when there is no enrol callback.
-        self.to_enrol: list[str] | None = None
+        # MACs for the enrol task (appended by the receive thread); None without an enrol callback.
+        self.to_enrol: deque[str] | None = None
 
     def respond(
         self, data: bytes, source: tuple[str, int], boot_server: bool
@@ -158,47 +165,65 @@ def _open_socket(address: str, port: int, interface: str, rcvbuf: int) -> socket
     return sock
 
 
+def _serve_socket_blocking(
+    sock: socket.socket,
+    responder: DhcpResponder,
+    boot_server: bool,
+    notify_enrol: Callable[[], None] | None,
+    stop: threading.Event,
+) -> None:
+    """The receive loop, run in a worker thread: blocking recvfrom, no scheduler round trip per packet.
+
+    The socket has a short timeout so ``stop`` is seen within ``POLL_INTERVAL``.
+    """
+    stats = responder.stats
+    respond = responder.respond
+    recvfrom = sock.recvfrom
+    sendto = sock.sendto
+    while not stop.is_set():
+        try:
+            data, source = recvfrom(MAX_DATAGRAM)
+        except TimeoutError:
+            continue
+        except OSError as exc:  # e.g. ICMP errors surfaced on the socket
+            stats.dropped[f"receive failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+            continue
+        out = respond(data, source, boot_server)
+        if out is not None:
+            try:
+                sendto(out[0], out[1])
+            except OSError as exc:
+                stats.dropped[f"send failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+        elif responder.to_enrol and notify_enrol is not None:
+            notify_enrol()
+
+
 async def _serve_socket(
     sock: socket.socket,
     responder: DhcpResponder,
     boot_server: bool,
     notify_enrol: Callable[[], None] | None,
 ) -> None:
-    stats = responder.stats
-    respond = responder.respond
-    recvfrom = sock.recvfrom
-    sendto = sock.sendto
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        stats.batches += 1
-        for _ in range(BATCH):
-            try:
-                data, source = recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                break
-            except OSError as exc:  # e.g. ICMP errors surfaced on the socket
-                stats.dropped[
-                    f"receive failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
-                ] += 1
-                continue
-            out = respond(data, source, boot_server)
-            if out is None:
-                continue
-            try:
-                sendto(out[0], out[1])
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    sendto(out[0], out[1])
-                except OSError as exc:
-                    stats.dropped[
-                        f"send failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
-                    ] += 1
-            except OSError as exc:
-                stats.dropped[f"send failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
-        if responder.to_enrol and notify_enrol is not None:
-            notify_enrol()
-        await trio.lowlevel.checkpoint()
+    """Run the receive loop in a worker thread until cancelled (then it stops within POLL_INTERVAL)."""
+    stop = threading.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def notify() -> None:
+        if notify_enrol is not None:
+            token.run_sync_soon(notify_enrol)
+
+    async def stop_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stop.set()
+
+    sock.settimeout(POLL_INTERVAL)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_when_cancelled)
+        await trio.to_thread.run_sync(
+            _serve_socket_blocking, sock, responder, boot_server, notify, stop
+        )
 
 
 class _Enroller:
@@ -209,7 +234,7 @@ class _Enroller:
         self.responder = responder
         self.pending: set[str] = set()
         self.wake = trio.Event()
-        responder.to_enrol = []
+        responder.to_enrol = deque()
 
     def notify(self) -> None:
         self.wake.set()
@@ -221,8 +246,9 @@ class _Enroller:
             while True:
                 await self.wake.wait()
                 self.wake = trio.Event()
-                macs, self.responder.to_enrol = self.responder.to_enrol or [], []
-                for mac in macs:
+                queue = self.responder.to_enrol or deque()
+                while queue:
+                    mac = queue.popleft()
                     if mac in self.pending:
                         continue
                     try:

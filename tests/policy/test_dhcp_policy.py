@@ -278,3 +278,21 @@ def test_from_config() -> None:
         and pol.loaders["uefi"] == "snponly.efi"
         and pol.script_url(MAC) == "http://10.54.0.1:80/boot/ipxe/52-54-00-00-00-07"
     )
+
+
+@pytest.mark.parametrize("kind", ["plain", "pxe", "ipxe", "http"])
+@pytest.mark.parametrize("mode", ["authoritative", "proxy"])
+def test_no_option_twice(kind: str, mode: str) -> None:
+    # A repeated code would be concatenated by the client (RFC 3396): udhcpc saw hostname "n7n7".
+    extra = {
+        "plain": [],
+        "pxe": pxe_options(0),
+        "ipxe": [*pxe_options(7), (77, b"iPXE")],
+        "http": [(60, b"HTTPClient:Arch:00016"), (93, b"\x00\x10")],
+    }[kind]
+    out = ask(*extra, (61, b"\x01abc"), pol=policy(mode=mode))
+    if isinstance(out, Reply):
+        codes = [code for code, _ in out.options]
+        assert len(codes) == len(set(codes)), codes
+    else:
+        assert mode == "proxy" and kind == "plain"

@@ -1,0 +1,87 @@
+"""Golden tests: real captured requests, decoded to text and compared with checked-in expectations.
+
+Captures (tests/protocol/golden/*.bin, made by the two capture scripts there):
+
+- ``udhcpc-*``, ``dhclient-*``, ``perfdhcp-*``: busybox udhcpc 1.35, ISC dhclient
+  4.4.3-P1 and Kea perfdhcp 2.2 on a veth in a network namespace
+  (capture_clients.py);
+- ``ipxe-bios-*``, ``ipxe-uefi-*``, ``uefi-pxe-*``: QEMU 7.2 (TCG) guests with
+  SeaBIOS + Debian's iPXE ROM, OVMF + iPXE's EFI ROM, and OVMF's own PXE/HTTP
+  boot with no option ROM (capture_qemu.py).
+
+Each capture is decoded by both codecs (must be equal), then answered by the
+boot policy with both codecs building the reply (must be byte-identical); the
+text rendering of request and reply is compared with ``<name>.txt``. Set
+``CWBOOT_REGEN_GOLDEN=1`` to rewrite the expectations after a deliberate change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cwboot.control.objects import validate_new
+from cwboot.policy.dhcp import BootPolicy, Reply
+from cwboot.policy.node_table import NodeTable
+from cwboot.protocol.dhcp import DhcpPacket, _wire_c, _wire_py
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CAPTURES = sorted(GOLDEN.glob("*.bin"))
+
+
+def render(pkt: DhcpPacket) -> str:
+    def ip(b: bytes) -> str:
+        return ".".join(str(x) for x in b)
+
+    lines = [
+        f"op {pkt.op} htype {pkt.htype} hlen {pkt.hlen} hops {pkt.hops} xid {pkt.xid:#010x} secs {pkt.secs} flags {pkt.flags:#06x}",
+        f"ciaddr {ip(pkt.ciaddr)} yiaddr {ip(pkt.yiaddr)} siaddr {ip(pkt.siaddr)} giaddr {ip(pkt.giaddr)}",
+        f"chaddr {pkt.chaddr.hex()} mac {pkt.mac}",
+        f"sname {pkt.sname.rstrip(bytes(1))!r} file {pkt.file.rstrip(bytes(1))!r}",
+        f"message_type {pkt.message_type}",
+    ]
+    for code, value in pkt.options.items():
+        text = f" {value!r}" if value and all(32 <= c < 127 for c in value) else ""
+        lines.append(f"option {code:3d} len {len(value):3d} {value.hex()}{text}")
+    return "\n".join(lines)
+
+
+def table(macs: list[str]) -> NodeTable:
+    pool = validate_new(
+        "naming_pool", {"name": "default", "network": "10.99.0.0/16", "ip_offset": 1000}, 0.0
+    )
+    docs = [
+        {**validate_new("node", {"index": i, "mac": [m]}, 0.0), "name": f"n{i}"}
+        for i, m in enumerate(macs)
+    ]
+    return NodeTable(docs, [pool])
+
+
+def test_every_kind_of_client_was_captured() -> None:
+    names = {p.name.rsplit("-", 1)[0] for p in CAPTURES}
+    assert {"udhcpc", "dhclient", "perfdhcp"} <= names
+    assert {"ipxe-bios", "ipxe-uefi", "uefi-pxe"} <= names
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=[p.stem for p in CAPTURES])
+def test_golden_capture(capture: Path) -> None:
+    data = capture.read_bytes()
+    request = _wire_py.parse_untrusted(data)
+    assert _wire_c.parse_untrusted(data) == request
+    policy = BootPolicy(head_address="10.99.0.1", http_port=8081, router="10.99.0.1")
+    decision = policy.decide(request, table([request.mac]))
+    assert isinstance(decision, Reply), decision
+    args = (request, decision.message_type, decision.ciaddr, decision.yiaddr, decision.siaddr,
+            decision.sname, decision.file, decision.options)  # fmt: skip
+    reply = _wire_py.build_reply(*args)
+    assert _wire_c.build_reply(*args) == reply
+    text = f"# request\n{render(request)}\n# reply\n{render(_wire_c.parse_untrusted(reply))}\n"
+    if decision.warnings:
+        text += f"# warnings {' '.join(decision.warnings)}\n"
+    expected = capture.with_suffix(".txt")
+    if os.environ.get("CWBOOT_REGEN_GOLDEN") == "1":
+        expected.write_text(text)
+    assert expected.exists(), f"no expectation {expected.name}: run with CWBOOT_REGEN_GOLDEN=1 and review it"
+    assert text == expected.read_text()
