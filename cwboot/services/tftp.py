@@ -1,0 +1,350 @@
+"""TFTP service: a thin trio loop around cwboot.protocol.tftp's :class:`ReadTransfer`.
+
+One listener socket takes RRQs; each accepted request gets its own task and
+its own UDP socket (its transfer ID, RFC 1350 §4), bound to the address the
+RRQ was sent to so replies leave from the address the client talked to.
+Admission is bounded: ``max_transfers`` in total and
+``max_transfers_per_peer`` per client address. An RRQ over a cap is dropped
+(not refused): firmware retries an unanswered RRQ, but gives up on ERROR.
+
+Counted (``TftpStats.drops``, one key per reason): every datagram the
+listener cannot use, every refusal, every stray or ignored packet on a
+transfer port, every failed send. Each finished transfer leaves a
+:class:`TransferRecord` (packets, retransmits, blksize, windowsize, duration,
+outcome) in ``TftpStats.recent``.
+
+Content: ``generated(filename, peer)`` first (bytes or a ResponseSource, or
+None to fall through), then the root folder, then Debian's iPXE loaders when
+the root lacks them.
+
+Run standalone (used by the interop tests and the benchmark)::
+
+    python -m cwboot.services.tftp --root DIR --listen 10.0.0.1 --port 69
+
+prints ``{"address": ..., "port": ...}`` once bound and, on SIGTERM/SIGINT,
+one JSON line with the statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import errno
+import json
+import logging
+import math
+import signal
+import socket as _socket
+import struct
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from cwboot.config import TftpConfig
+from cwboot.protocol.tftp import (
+    DEBIAN_IPXE_LOADERS,
+    BadPacket,
+    BytesSource,
+    Limits,
+    Outcome,
+    Output,
+    ReadRequest,
+    ReadTransfer,
+    ResponseSource,
+    TransferStats,
+    build_error,
+    open_in_root_untrusted,
+    parse_request_untrusted,
+)
+
+log = logging.getLogger(__name__)
+
+# Linux <netinet/in.h>; Python's socket module does not export IP_PKTINFO.
+IP_PKTINFO = getattr(_socket, "IP_PKTINFO", 8)
+# struct in_pktinfo { int ipi_ifindex; struct in_addr ipi_spec_dst; struct in_addr ipi_addr; }
+IN_PKTINFO = struct.Struct("=i4s4s")
+# Large enough to read (and then refuse) any UDP datagram whole.
+MAX_DATAGRAM = 65536
+RECENT_TRANSFERS = 1000
+
+Peer = tuple[str, int]
+Generated = Callable[[str, Peer], bytes | ResponseSource | None]
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    peer: Peer
+    filename: str
+    outcome: str
+    error: str
+    stats: TransferStats
+
+
+@dataclass
+class TftpStats:
+    requests: int = 0
+    active: int = 0
+    # outcome (completed, probed, peer_error, timed_out, refused) -> count
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    # reason -> datagrams dropped or refused
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    packets_sent: int = 0
+    retransmits: int = 0
+    bytes_sent: int = 0
+    recent: collections.deque[TransferRecord] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_TRANSFERS)
+    )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "active": self.active,
+            "outcomes": dict(self.outcomes),
+            "drops": dict(self.drops),
+            "packets_sent": self.packets_sent,
+            "retransmits": self.retransmits,
+            "bytes_sent": self.bytes_sent,
+            "recent": [
+                {
+                    "peer": list(r.peer),
+                    "filename": r.filename,
+                    "outcome": r.outcome,
+                    "error": r.error,
+                    **dataclasses.asdict(r.stats),
+                    "duration": r.stats.duration,
+                }
+                for r in self.recent
+            ],
+        }
+
+
+@dataclass
+class TftpServer:
+    address: str
+    port: int
+    stats: TftpStats
+
+
+class _Service:
+    def __init__(
+        self,
+        config: TftpConfig,
+        root: Path,
+        generated: Generated | None,
+        defaults: Mapping[str, Path],
+    ) -> None:
+        self.config = config
+        self.root = root
+        self.generated = generated
+        self.defaults = defaults
+        self.limits = Limits(
+            max_blksize=config.max_blksize,
+            max_windowsize=config.max_windowsize,
+            timeout=config.timeout,
+            retries=config.retries,
+        )
+        self.stats = TftpStats()
+        self.per_peer: collections.Counter[str] = collections.Counter()
+        self.active: set[Peer] = set()
+
+    def open_source_untrusted(self, request: ReadRequest, peer: Peer) -> ResponseSource:
+        if self.generated is not None:
+            content = self.generated(request.filename, peer)
+            if isinstance(content, bytes):
+                return BytesSource(content)
+            if content is not None:
+                return content
+        return open_in_root_untrusted(self.root, request.filename, self.defaults)
+
+    def admit(self, peer: Peer) -> str | None:
+        """None if a transfer may start for ``peer``, else the drop reason."""
+        if peer in self.active:
+            return "duplicate_request"  # our OACK/DATA is on its way or will be retransmitted
+        if len(self.active) >= self.config.max_transfers:
+            return "over_total_cap"
+        if self.per_peer[peer[0]] >= self.config.max_transfers_per_peer:
+            return "over_peer_cap"
+        return None
+
+    async def send(self, sock: trio.socket.SocketType, datagram: bytes, peer: Peer) -> None:
+        try:
+            await sock.sendto(datagram, peer)
+        except OSError as exc:
+            self.stats.drops[f"send_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+
+    async def listen(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                data, ancillary, _, peer = await sock.recvmsg(
+                    MAX_DATAGRAM, _socket.CMSG_SPACE(IN_PKTINFO.size)
+                )
+            except OSError as exc:
+                self.stats.drops[f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+                continue
+            self.stats.requests += 1
+            try:
+                request = parse_request_untrusted(data)
+            except BadPacket as exc:
+                self.stats.drops[exc.reason] += 1
+                if exc.code is not None:
+                    await self.send(sock, build_error(exc.code, exc.message), peer)
+                continue
+            reason = self.admit(peer)
+            if reason is not None:
+                self.stats.drops[reason] += 1
+                continue
+            local = _destination_address(ancillary) or self.config.listen
+            self.active.add(peer)
+            self.per_peer[peer[0]] += 1
+            self.stats.active += 1
+            nursery.start_soon(self.transfer, request, peer, local)
+
+    async def transfer(self, request: ReadRequest, peer: Peer, local: str) -> None:
+        now = trio.current_time()
+        try:
+            with trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+                await sock.bind((local, 0))
+                try:
+                    source = self.open_source_untrusted(request, peer)
+                except BadPacket as exc:
+                    self.stats.drops[exc.reason] += 1
+                    self.stats.outcomes[Outcome.REFUSED.value] += 1
+                    await self.send(sock, build_error(exc.code or 0, exc.message), peer)
+                    return
+                transfer = ReadTransfer(request, source, limits=self.limits, now=now)
+                try:
+                    await self.run_transfer(sock, transfer, peer)
+                finally:
+                    transfer.close()
+                    self.finish(transfer, peer)
+        finally:
+            self.active.discard(peer)
+            self.per_peer[peer[0]] -= 1
+            if not self.per_peer[peer[0]]:
+                del self.per_peer[peer[0]]
+            self.stats.active -= 1
+
+    async def run_transfer(
+        self, sock: trio.socket.SocketType, transfer: ReadTransfer, peer: Peer
+    ) -> None:
+        out = transfer.start(trio.current_time())
+        while True:
+            for datagram in out.datagrams:
+                await self.send(sock, datagram, peer)
+            if transfer.finished:
+                return
+            data = None
+            with trio.move_on_at(transfer.deadline if transfer.deadline is not None else math.inf):
+                try:
+                    data, sender = await sock.recvfrom(MAX_DATAGRAM)
+                except OSError as exc:
+                    self.stats.drops[
+                        f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
+                    ] += 1
+                    out = Output([], transfer.deadline)
+                    continue
+            if data is None:
+                out = transfer.timeout(trio.current_time())
+            elif sender[:2] != peer:
+                # RFC 1350 §4: answer the stranger with ERROR 5, keep serving the peer.
+                self.stats.drops["stray_transfer_id"] += 1
+                await self.send(sock, transfer.reply_to_stray(), sender[:2])
+                out = Output([], transfer.deadline)
+            else:
+                out = transfer.receive_untrusted(data, trio.current_time())
+
+    def finish(self, transfer: ReadTransfer, peer: Peer) -> None:
+        stats = transfer.stats
+        if stats.finished is None:  # cancelled (service shutting down)
+            stats.finished = trio.current_time()
+        outcome = transfer.outcome.value if transfer.outcome else "cancelled"
+        self.stats.outcomes[outcome] += 1
+        for reason, count in stats.ignored.items():
+            self.stats.drops[reason] += count
+        self.stats.packets_sent += stats.packets_sent
+        self.stats.retransmits += stats.retransmits
+        self.stats.bytes_sent += stats.bytes_sent
+        self.stats.recent.append(
+            TransferRecord(peer, transfer.request.filename, outcome, transfer.error, stats)
+        )
+        log.debug("tftp %s %s %s: %s", peer, transfer.request.filename, outcome, stats)
+
+
+def _destination_address(ancillary: list[tuple[int, int, bytes]]) -> str | None:
+    for level, kind, data in ancillary:
+        if level == _socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
+            _, _, destination = IN_PKTINFO.unpack_from(data)
+            return _socket.inet_ntoa(destination)
+    return None
+
+
+async def serve_tftp(
+    config: TftpConfig,
+    *,
+    root: Path | str,
+    task_status: trio.TaskStatus[TftpServer] = trio.TASK_STATUS_IGNORED,
+    generated: Generated | None = None,
+    defaults: Mapping[str, Path] = DEBIAN_IPXE_LOADERS,
+) -> None:
+    """Serve read requests until cancelled; ``task_status.started(TftpServer)`` once bound.
+
+    ``root`` is the folder served (it may be missing: then only ``generated``
+    and ``defaults`` answer). Port 0 in ``config`` binds a free port; the real
+    one is in the TftpServer handed to ``task_status``.
+    """
+    service = _Service(config, Path(root), generated, defaults)
+    with trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.setsockopt(_socket.IPPROTO_IP, IP_PKTINFO, 1)
+        await sock.bind((config.listen, config.port))
+        address, port = sock.getsockname()[:2]
+        async with trio.open_nursery() as nursery:
+            task_status.started(TftpServer(address, port, service.stats))
+            await service.listen(sock, nursery)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    config = TftpConfig(listen=args.listen, port=args.port)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in dataclasses.fields(config)}:
+            raise SystemExit(f"unknown key 'tftp.{key}'")
+        setattr(config, key, type(getattr(config, key))(value))
+    async with trio.open_nursery() as nursery:
+        server: TftpServer = await nursery.start(
+            lambda task_status: serve_tftp(config, root=args.root, task_status=task_status)
+        )
+        print(json.dumps({"address": server.address, "port": server.port}), flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+    summary = server.stats.as_dict()
+    if not args.recent:
+        summary.pop("recent")
+    print(json.dumps(summary), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m cwboot.services.tftp", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--listen", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=69)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a TftpConfig field"
+    )
+    parser.add_argument(
+        "--recent", action="store_true", help="include per-transfer records in the summary"
+    )
+    trio.run(_main, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
