@@ -49,9 +49,11 @@ from cwboot.protocol.tftp import (
     DEBIAN_IPXE_LOADERS,
     BadPacket,
     BytesSource,
+    ClientState,
     Limits,
     Outcome,
     Output,
+    ReadClient,
     ReadRequest,
     ReadTransfer,
     ResponseSource,
@@ -263,6 +265,8 @@ class _Service:
             stats.finished = trio.current_time()
         outcome = transfer.outcome.value if transfer.outcome else "cancelled"
         self.stats.outcomes[outcome] += 1
+        if transfer.refusal is not None:
+            self.stats.drops[transfer.refusal.reason] += 1
         for reason, count in stats.ignored.items():
             self.stats.drops[reason] += count
         self.stats.packets_sent += stats.packets_sent
@@ -306,6 +310,69 @@ async def serve_tftp(
         async with trio.open_nursery() as nursery:
             task_status.started(TftpServer(address, port, service.stats))
             await service.listen(sock, nursery)
+
+
+@dataclass
+class FetchResult:
+    data: bytes
+    ok: bool
+    error: str
+    retransmits: int
+    blksize: int
+    windowsize: int
+    tsize: int | None
+
+
+async def fetch_tftp(
+    address: str,
+    port: int,
+    filename: str,
+    *,
+    options: dict[str, str] | None = None,
+    timeout: float = 1.0,
+    retries: int = 5,
+    dally: float = 0.0,
+) -> FetchResult:
+    """Read one file with the sans-IO ReadClient (tests and bench/bench_tftp.py's load).
+
+    The first reply fixes the server's transfer ID; packets from other ports
+    are ignored. ``dally`` keeps answering a repeated final block that long
+    after the end (RFC 1350 §6).
+    """
+    client = ReadClient(filename, options=options, timeout=timeout, retries=retries)
+    server: Peer | None = None
+    with trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+        await sock.bind(("0.0.0.0", 0))
+        out = client.start(trio.current_time())
+        await sock.sendto(out.datagrams[0], (address, port))
+        linger_until = math.inf
+        while True:
+            if client.finished and linger_until == math.inf:
+                linger_until = trio.current_time() + dally
+            deadline = linger_until if client.finished else (client.deadline or math.inf)
+            data = None
+            with trio.move_on_at(deadline):
+                data, sender = await sock.recvfrom(MAX_DATAGRAM)
+            if data is None:
+                if client.finished:
+                    break
+                out = client.timeout(trio.current_time())
+            elif server is not None and sender[:2] != server:
+                continue
+            else:
+                server = sender[:2]
+                out = client.receive_untrusted(data, trio.current_time())
+            for datagram in out.datagrams:
+                await sock.sendto(datagram, server or (address, port))
+    return FetchResult(
+        bytes(client.data),
+        client.state is ClientState.DONE,
+        client.error,
+        client.retransmits,
+        client.blksize,
+        client.windowsize,
+        client.tsize,
+    )
 
 
 async def _main(args: argparse.Namespace) -> None:

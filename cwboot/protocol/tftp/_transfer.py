@@ -118,10 +118,11 @@ class ReadTransfer:
         try:
             self.negotiated = negotiate_untrusted(request.options, source.size(), limits)
         except BadPacket as exc:
-            self._refusal: BadPacket | None = exc
+            # Why the request is refused (ERROR 8 on start), for the counters.
+            self.refusal: BadPacket | None = exc
             self.negotiated = negotiate_untrusted({}, None, limits)
         else:
-            self._refusal = None
+            self.refusal = None
         self.stats.blksize = self.negotiated.blksize
         self.stats.windowsize = self.negotiated.windowsize
         self.state = State.AWAIT_OACK_ACK if self.negotiated.oack else State.SENDING
@@ -131,9 +132,9 @@ class ReadTransfer:
         return self.state in (State.DONE, State.FAILED)
 
     def start(self, now: float) -> Output:
-        if self._refusal is not None:
+        if self.refusal is not None:
             return self._output(
-                [self._fail(Outcome.REFUSED, self._refusal.code or 0, self._refusal.message, now)],
+                [self._fail(Outcome.REFUSED, self.refusal.code or 0, self.refusal.message, now)],
                 now,
             )
         if self.state is State.AWAIT_OACK_ACK:

@@ -1,0 +1,239 @@
+"""The TFTP service on 127.0.0.1 (port 0): transfers, refusals, stray ports, caps, probes, garbage."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from cwboot.config import TftpConfig
+from cwboot.protocol.tftp import (
+    Data,
+    Error,
+    OptionAck,
+    build_ack,
+    build_error,
+    build_request,
+    parse_packet_untrusted,
+)
+from cwboot.services.tftp import TftpServer, fetch_tftp, serve_tftp
+
+LOCALHOST = "127.0.0.1"
+
+
+def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test under trio.run (fixtures still come from the wrapped signature)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        trio.run(functools.partial(fn, *args, **kwargs))
+
+    return wrapper
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "kernel").write_bytes(random.Random(7).randbytes(700_000))
+    (root / "small").write_bytes(b"small file\n")
+    (tmp_path / "secret").write_bytes(b"secret")
+    (root / "escape").symlink_to(tmp_path / "secret")
+    return root
+
+
+@asynccontextmanager
+async def running(
+    root: Path,
+    generated: Callable[[str, tuple[str, int]], bytes | None] | None = None,
+    **settings: object,
+) -> AsyncIterator[TftpServer]:
+    config = TftpConfig(listen=LOCALHOST, port=0, timeout=0.3, **settings)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: serve_tftp(
+                config, root=root, task_status=task_status, generated=generated
+            )
+        )
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+async def exchange(
+    sock: trio.socket.SocketType, datagram: bytes, to: tuple[str, int], wait: float = 0.5
+):  # type: ignore[no-untyped-def]
+    await sock.sendto(datagram, to)
+    with trio.move_on_after(wait):
+        return await sock.recvfrom(70000)
+    return None, None
+
+
+def udp() -> trio.socket.SocketType:
+    return trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+@pytest.mark.parametrize(
+    "options", [None, {"blksize": "1468", "tsize": "0"}, {"blksize": "1400", "windowsize": "16"}]
+)
+@trio_test
+async def test_fetch_a_file(root: Path, options: dict[str, str] | None) -> None:
+    async with running(root) as server:
+        result = await fetch_tftp(LOCALHOST, server.port, "kernel", options=options)
+    assert result.ok, result.error
+    assert (
+        hashlib.sha256(result.data).digest()
+        == hashlib.sha256((root / "kernel").read_bytes()).digest()
+    )
+    (record,) = server.stats.recent
+    assert record.outcome == "completed" and record.stats.retransmits == 0
+    assert record.stats.blksize == int((options or {}).get("blksize", 512))
+    assert record.stats.windowsize == int((options or {}).get("windowsize", 1))
+    assert record.stats.duration is not None and record.stats.duration > 0
+    assert record.stats.packets_sent == record.stats.blocks_sent + (1 if options else 0)
+
+
+@trio_test
+async def test_debian_loader_and_generated_content(root: Path) -> None:
+    def generate(name: str, peer: tuple[str, int]) -> bytes | None:
+        return f"#!ipxe\necho hello {peer[0]}\n".encode() if name == "boot.ipxe" else None
+
+    async with running(root, generate) as server:
+        loader = await fetch_tftp(LOCALHOST, server.port, "undionly.kpxe", options={"tsize": "0"})
+        script = await fetch_tftp(LOCALHOST, server.port, "boot.ipxe")
+    assert loader.data == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+    assert loader.tsize == len(loader.data)
+    assert script.data == b"#!ipxe\necho hello 127.0.0.1\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("../secret", 2), ("/etc/passwd", 2), ("escape", 2), ("a\\b", 2), ("missing", 1)],
+)
+@trio_test
+async def test_refused_names_get_an_error_and_nothing_else(
+    root: Path, name: str, code: int
+) -> None:
+    async with running(root) as server, trio.open_nursery():
+        with udp() as sock:
+            await sock.bind((LOCALHOST, 0))
+            reply, _ = await exchange(sock, build_request(name), (LOCALHOST, server.port))
+            assert reply is not None
+            packet = parse_packet_untrusted(reply)
+            assert isinstance(packet, Error) and packet.code == code
+            again, _ = await exchange(sock, build_ack(1), (LOCALHOST, server.port), wait=0.4)
+            assert again is None or isinstance(parse_packet_untrusted(again), Error)
+    assert server.stats.outcomes["refused"] + sum(server.stats.drops.values()) >= 1
+    assert server.stats.outcomes["completed"] == 0
+
+
+GARBAGE = [
+    b"",
+    b"\x00",
+    b"\x00\x09garbage",
+    b"\x00\x02file\x00octet\x00",
+    b"\x00\x01file-without-nul",
+    b"\x00\x01small\x00octet\x00blksize\x000\x00",
+    b"\x00\x01small\x00octet\x00blksize\x00-1\x00",
+    b"\x00\x01small\x00octet\x00blksize\x00abc\x00",
+    b"\x00\x01small\x00octet\x00" + b"".join(b"o%d\x001\x00" % i for i in range(200)),
+    b"\x00\x01" + b"a" * 65000 + b"\x00octet\x00",
+]
+
+
+@trio_test
+async def test_garbage_never_stops_the_listener(root: Path) -> None:
+    async with running(root) as server:
+        for datagram in GARBAGE:  # one port each, or they would be duplicates of each other
+            with udp() as sock:
+                await sock.bind((LOCALHOST, 0))
+                await sock.sendto(datagram, (LOCALHOST, server.port))
+        await trio.sleep(0.2)
+        result = await fetch_tftp(LOCALHOST, server.port, "small")
+    assert result.ok and result.data == b"small file\n"
+    drops = server.stats.drops
+    assert (
+        drops["short_datagram"] == 2 and drops["write_refused"] == 1 and drops["bad_blksize"] == 3
+    )
+    assert drops["request_too_long"] == 2 and drops["not_a_request"] == 1
+    assert server.stats.requests == len(GARBAGE) + 1
+
+
+@trio_test
+async def test_stray_port_gets_error_5_and_the_transfer_goes_on(root: Path) -> None:
+    async with running(root) as server:
+        with udp() as client, udp() as stray:
+            await client.bind((LOCALHOST, 0))
+            await stray.bind((LOCALHOST, 0))
+            first, transfer_id = await exchange(
+                client, build_request("small"), (LOCALHOST, server.port)
+            )
+            assert isinstance(parse_packet_untrusted(first), Data)
+            reply, _ = await exchange(stray, build_ack(1), transfer_id)
+            packet = parse_packet_untrusted(reply)
+            assert isinstance(packet, Error) and packet.code == 5
+            await client.sendto(build_ack(1), transfer_id)
+            await trio.sleep(0.1)
+    (record,) = server.stats.recent
+    assert record.outcome == "completed"
+    assert server.stats.drops["stray_transfer_id"] == 1
+
+
+@trio_test
+async def test_uefi_tsize_probe_is_a_clean_close(root: Path) -> None:
+    async with running(root) as server:
+        with udp() as sock:
+            await sock.bind((LOCALHOST, 0))
+            reply, transfer_id = await exchange(
+                sock, build_request("kernel", options={"tsize": "0"}), (LOCALHOST, server.port)
+            )
+            assert parse_packet_untrusted(reply) == OptionAck({"tsize": "700000"})
+            await sock.sendto(build_error(8, "tsize probe only"), transfer_id)
+            await trio.sleep(0.1)
+        result = await fetch_tftp(LOCALHOST, server.port, "kernel", options={"tsize": "0"})
+    assert result.ok
+    assert [r.outcome for r in server.stats.recent] == ["probed", "completed"]
+    assert "peer_error" not in server.stats.outcomes
+
+
+@trio_test
+async def test_per_peer_cap_drops_the_extra_request(root: Path) -> None:
+    async with running(root, max_transfers_per_peer=1) as server:
+        with udp() as one, udp() as two:
+            await one.bind((LOCALHOST, 0))
+            await two.bind((LOCALHOST, 0))
+            first, _ = await exchange(one, build_request("kernel"), (LOCALHOST, server.port))
+            assert first is not None
+            second, _ = await exchange(
+                two, build_request("kernel"), (LOCALHOST, server.port), wait=0.2
+            )
+            assert second is None
+            assert server.stats.drops["over_peer_cap"] == 1
+        # Abandoned transfer times out (bounded retransmits), then the peer may fetch again.
+        with trio.fail_after(10):
+            while server.stats.active:
+                await trio.sleep(0.1)
+        result = await fetch_tftp(LOCALHOST, server.port, "small")
+    assert result.ok
+    assert server.stats.outcomes["timed_out"] == 1
+
+
+@trio_test
+async def test_duplicate_rrq_does_not_start_a_second_transfer(root: Path) -> None:
+    async with running(root) as server:
+        with udp() as sock:
+            await sock.bind((LOCALHOST, 0))
+            await sock.sendto(build_request("small"), (LOCALHOST, server.port))
+            await sock.sendto(build_request("small"), (LOCALHOST, server.port))
+            reply, transfer_id = await sock.recvfrom(2000)
+            await sock.sendto(build_ack(1), transfer_id)
+            await trio.sleep(0.2)
+    assert server.stats.drops["duplicate_request"] == 1
+    assert server.stats.outcomes == {"completed": 1}
