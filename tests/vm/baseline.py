@@ -19,6 +19,10 @@ from pathlib import Path
 from tests.vm.harness import IPXE_DIR, Netns, mac_for
 
 NGINX_PORT = 8090
+# nginx's combined log line of the root filesystem's report: its MAC.
+_ROOTFS_REPORT = re.compile(
+    r'"POST /boot/status/([0-9a-f-]{17}) HTTP/1\.[01]" 204 \S+ "[^"]*" "cwtest-rootfs"'
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ http {{
         conf = workdir / "dnsmasq.conf"
         conf.write_text(
             f"""port=0
+# The test's folders are private to root: do not drop to nobody.
+user=root
 interface=br0
 bind-interfaces
 dhcp-authoritative
@@ -154,10 +160,9 @@ log-facility={self.dnsmasq_log}
                 f"dnsmasq exited with {self.dnsmasq.returncode}; see {self.dnsmasq_log}"
             )
 
-    def reported_up(self, mac: str) -> bool:
-        """The root filesystem of ``mac`` (aa:bb:...) posted its ``up`` report."""
-        dashed = mac.replace(":", "-")
-        pattern = re.compile(
-            rf'"POST /boot/status/{dashed} HTTP/1\.[01]" 204 \S+ "[^"]*" "cwtest-rootfs"'
-        )
-        return bool(pattern.search(self.access_log.read_text()))
+    def up_macs(self) -> set[str]:
+        """MACs (aa:bb:...) whose root filesystem posted its ``up`` report."""
+        return {
+            m.replace("-", ":")
+            for m in _ROOTFS_REPORT.findall(self.access_log.read_text(errors="replace"))
+        }

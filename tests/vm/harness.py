@@ -286,6 +286,33 @@ def wait_until(done: Callable[[], bool], timeout: float, vm: Vm, what: str) -> f
         time.sleep(0.2)
 
 
+def wait_all(vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float) -> dict[str, float]:
+    """Poll ``up_macs`` (MACs that reached ``up``) every 0.5 s; seconds from each VM's start to up.
+
+    Raises TimeoutError naming the VMs still down after ``timeout`` seconds, or RuntimeError
+    as soon as one of them exits without having reached up (its console log says why).
+    """
+    times: dict[str, float] = {}
+    deadline = min(vm.started for vm in vms) + timeout
+    while True:
+        up = up_macs()
+        now = time.monotonic()
+        for vm in vms:
+            if vm.mac in up and vm.mac not in times:
+                times[vm.mac] = now - vm.started
+        if len(times) == len(vms):
+            return times
+        for vm in vms:
+            if vm.mac not in times and vm.proc.poll() is not None and vm.mac not in up_macs():
+                raise RuntimeError(
+                    f"VM {vm.mac} ({vm.firmware}) exited (rc {vm.proc.returncode}) before up; log {vm.log}"
+                )
+        if now > deadline:
+            down = [f"{vm.mac} (log {vm.log})" for vm in vms if vm.mac not in times]
+            raise TimeoutError(f"not up within {timeout:.0f} s: {', '.join(down)}")
+        time.sleep(0.5)
+
+
 def qemu_command(
     mac: str, tap: str, firmware: str, log: Path, vars_copy: Path | None, memory_mib: int = 256
 ) -> list[str]:
@@ -327,10 +354,6 @@ def start_vm(netns: Netns, index: int, firmware: str, workdir: Path, memory_mib:
         shutil.copyfile(OVMF_VARS, vars_copy)
     cmd = qemu_command(mac, netns.taps[index], firmware, log, vars_copy, memory_mib)
     started = time.monotonic()
-    proc = netns.popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / f"vm{index}.qemu.stderr").open("wb"),
-    )
+    with (workdir / f"vm{index}.qemu.stderr").open("wb") as stderr:
+        proc = netns.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     return Vm(mac, firmware, log, proc, started)

@@ -1,0 +1,103 @@
+"""Real firmware boots through cwboot: QEMU (TCG) VMs PXE-boot to a real root filesystem.
+
+Each VM goes DHCP -> loader -> iPXE script -> kernel + initramfs -> mount_rootfs (the
+image streamed from cwboot) -> switch_root -> the image's /sbin/init reports ``up`` with
+its MAC, and the test reads that status back through cwboot's REST API. Paths:
+
+- ``bios``: SeaBIOS + the iPXE NIC ROM of ipxe-qemu (its first DHCP already says iPXE);
+- ``uefi-pxe``: OVMF's own PXE client fetches ``ipxe.efi`` over cwboot's TFTP, which then
+  DHCPs again as iPXE and fetches its script over HTTP;
+
+plus eight BIOS VMs at once as eight nodes of the demo pool, and the same boot through
+dnsmasq + nginx (tests/vm/baseline.py) so the baseline of bench/bench_vm_boot.py is
+itself tested. Serial consoles and server logs of a failed test are kept in
+artifacts/vm/<test>/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.vm.baseline import Baseline, BootFiles
+from tests.vm.cwboot_head import CwbootHead, prepare_boot_files
+from tests.vm.harness import Kernel, Netns, Vm, build_rootfs, mac_for, start_vm, wait_all
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+# Seconds from VM start to "up": one VM takes ~10 s (BIOS) / ~25 s (UEFI) on an idle machine.
+ONE_VM_TIMEOUT = 180
+EIGHT_VM_TIMEOUT = 420
+
+
+@pytest.fixture
+def boot_files(vm_workdir: Path, kernel: Kernel) -> BootFiles:
+    return prepare_boot_files(vm_workdir / "state", kernel, build_rootfs(vm_workdir / "rootfs"))
+
+
+def stop_all(vms: list[Vm]) -> None:
+    for vm in vms:
+        vm.stop()
+
+
+def check_console(vm: Vm, index: int, netns: Netns) -> None:
+    """The serial console shows mount_rootfs's path and the image's own init."""
+    console = vm.console()
+    dashed = vm.mac.replace(":", "-")
+    assert f"cwboot: network up on eth0: {netns.ip_for(index)}/24" in console
+    assert re.search(r"cwboot: unpacked \d+ chunks", console)
+    assert "cwboot: switch_root to /sbin/init" in console
+    assert f"cwtest-rootfs: real root is up on {dashed}" in console
+
+
+def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
+    with Netns(taps=count) as netns:
+        head = CwbootHead(netns, workdir / "state", count)
+        vms = [start_vm(netns, i, firmware, workdir) for i in range(count)]
+        try:
+            timeout = ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT
+            up = wait_all(
+                vms,
+                lambda: {m for m, s in head.statuses().items() if s.get("stage") == "up"},
+                timeout,
+            )
+        finally:
+            stop_all(vms)
+        statuses = head.statuses()
+    for i, vm in enumerate(vms):
+        status = statuses[vm.mac]
+        assert status["name"] == f"n{i}" and status["stage"] == "up"
+        phases = status["phases"]
+        assert phases["initramfs"] <= phases["fetching"] <= phases["switch_root"] <= phases["up"]
+        check_console(vm, i, netns)
+    print(
+        f"{firmware} x{count} through cwboot: seconds to up {sorted(round(t, 1) for t in up.values())}"
+    )
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi-pxe"])
+def test_one_vm_boots_to_up_through_cwboot(
+    firmware: str, vm_workdir: Path, boot_files: BootFiles
+) -> None:
+    boot_through_cwboot(vm_workdir, firmware, 1)
+
+
+@pytest.mark.slow
+def test_eight_vms_boot_at_once_as_eight_nodes(vm_workdir: Path, boot_files: BootFiles) -> None:
+    boot_through_cwboot(vm_workdir, "bios", 8)
+
+
+def test_baseline_dnsmasq_nginx_boots_the_same_files(
+    vm_workdir: Path, boot_files: BootFiles
+) -> None:
+    with Netns(taps=1) as netns:
+        baseline = Baseline(netns, vm_workdir, boot_files, 1)
+        vm = start_vm(netns, 0, "bios", vm_workdir)
+        try:
+            wait_all([vm], baseline.up_macs, ONE_VM_TIMEOUT)
+        finally:
+            vm.stop()
+    assert vm.mac == mac_for(0)
+    check_console(vm, 0, netns)
