@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--initramfs-mib", type=float, default=8.0)
     parser.add_argument("--rate", default="", help="tc rate of the head link (e.g. 1gbit, 10gbit)")
     parser.add_argument("--rootfs", choices=["chunks", "stream"], default="chunks")
+    parser.add_argument("--tftp-windowsize", type=int, default=0, help="0: lockstep, as PXE ROMs")
     parser.add_argument(
         "--head-set", action="append", default=[], help="extra head setting (repeatable)"
     )
@@ -77,7 +78,8 @@ def main() -> int:
             options = storm.StormOptions(
                 nodes=n, image=args.image, kernel_mib=args.kernel_mib, initramfs_mib=args.initramfs_mib,
                 target=target, netns=not args.loopback, rate=args.rate,
-                node=NodeConfig(rootfs=args.rootfs), head_settings=args.head_set,
+                node=NodeConfig(rootfs=args.rootfs, tftp_windowsize=args.tftp_windowsize),
+                head_settings=args.head_set,
             )  # fmt: skip
             report = trio.run(storm.run_storm, options)
             print(report.summary(), flush=True)

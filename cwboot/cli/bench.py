@@ -38,7 +38,7 @@ def _options(args: argparse.Namespace, target: str) -> storm.StormOptions:
             dhcp=args.dhcp, tftp_port=args.tftp_port, http_url=args.http_url.rstrip("/"),
             image=args.image_name, version=args.image_version, pids=args.server_pid or [],
         )  # fmt: skip
-    node = NodeConfig(rootfs=args.rootfs, decode=args.decode)
+    node = NodeConfig(rootfs=args.rootfs, decode=args.decode, tftp_windowsize=args.tftp_windowsize)
     return storm.StormOptions(
         nodes=args.nodes, image=args.image, kernel_mib=args.kernel_mib,
         initramfs_mib=args.initramfs_mib, target=target, running=running, netns=args.netns,
@@ -100,6 +100,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--rootfs", choices=["chunks", "stream"], default="chunks",
                    help="fetch chunk by chunk (mount_rootfs) or as one stream")  # fmt: skip
+    p.add_argument("--tftp-windowsize", type=int, default=0,
+                   help="ask for RFC 7440 windowsize (UEFI firmware does; PXE ROMs do not: 0)")  # fmt: skip
     p.add_argument(
         "--decode", action="store_true", help="every node decodes and proves every chunk itself"
     )
