@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -158,7 +159,6 @@ def _open_socket(address: str, port: int, interface: str, rcvbuf: int) -> socket
         if interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.bind((address, port))
-        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
@@ -174,7 +174,7 @@ def _serve_socket_blocking(
 ) -> None:
     """The receive loop, run in a worker thread: blocking recvfrom, no scheduler round trip per packet.
 
-    The socket has a short timeout so ``stop`` is seen within ``POLL_INTERVAL``.
+    The socket has a kernel receive timeout so ``stop`` is seen within ``POLL_INTERVAL``.
     """
     stats = responder.stats
     respond = responder.respond
@@ -183,7 +183,7 @@ def _serve_socket_blocking(
     while not stop.is_set():
         try:
             data, source = recvfrom(MAX_DATAGRAM)
-        except TimeoutError:
+        except BlockingIOError:  # SO_RCVTIMEO expired: look at ``stop`` again
             continue
         except OSError as exc:  # e.g. ICMP errors surfaced on the socket
             stats.dropped[f"receive failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
@@ -218,7 +218,14 @@ async def _serve_socket(
         finally:
             stop.set()
 
-    sock.settimeout(POLL_INTERVAL)
+    # A blocking socket with a kernel receive timeout: one syscall per recvfrom/sendto
+    # (Python's own socket timeout would poll() before each of them).
+    sock.setblocking(True)
+    sock.setsockopt(
+        socket.SOL_SOCKET,
+        socket.SO_RCVTIMEO,
+        struct.pack("ll", int(POLL_INTERVAL), int(POLL_INTERVAL % 1 * 1e6)),
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_when_cancelled)
         await trio.to_thread.run_sync(

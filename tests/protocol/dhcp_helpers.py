@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import struct
+from types import ModuleType
+
+import pytest
 
 from cwboot.protocol.dhcp import _spec
+
+
+def cython_codec() -> ModuleType:
+    """The Cython codec; its absence fails the tests unless CWBOOT_DHCP_BACKEND=python says it is meant."""
+    try:
+        return importlib.import_module("cwboot.protocol.dhcp._wire_c")
+    except ImportError:
+        if os.environ.get("CWBOOT_DHCP_BACKEND") == "python":
+            pytest.skip(
+                "pure-Python build (CWBOOT_DHCP_BACKEND=python): no Cython codec to compare"
+            )
+        raise
 
 
 def request_bytes(

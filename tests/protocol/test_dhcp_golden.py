@@ -25,7 +25,10 @@ import pytest
 from cwboot.control.objects import validate_new
 from cwboot.policy.dhcp import BootPolicy, Reply
 from cwboot.policy.node_table import NodeTable
-from cwboot.protocol.dhcp import DhcpPacket, _wire_c, _wire_py
+from cwboot.protocol.dhcp import DhcpPacket, _wire_py
+from tests.protocol.dhcp_helpers import cython_codec
+
+_wire_c = cython_codec()
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CAPTURES = sorted(GOLDEN.glob("*.bin"))
@@ -83,5 +86,7 @@ def test_golden_capture(capture: Path) -> None:
     expected = capture.with_suffix(".txt")
     if os.environ.get("CWBOOT_REGEN_GOLDEN") == "1":
         expected.write_text(text)
-    assert expected.exists(), f"no expectation {expected.name}: run with CWBOOT_REGEN_GOLDEN=1 and review it"
+    assert expected.exists(), (
+        f"no expectation {expected.name}: run with CWBOOT_REGEN_GOLDEN=1 and review it"
+    )
     assert text == expected.read_text()

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cwboot.protocol.dhcp import BadPacket, _spec, _wire_c, _wire_py
-from tests.protocol.dhcp_helpers import discover, request_bytes
+from cwboot.protocol.dhcp import BadPacket, _spec, _wire_py
+from tests.protocol.dhcp_helpers import cython_codec, discover, request_bytes
+
+_wire_c = cython_codec()
 
 BACKENDS = [pytest.param(_wire_py, id="py-codec"), pytest.param(_wire_c, id="c-codec")]
 
