@@ -4,13 +4,16 @@ For each backend (embedded SQLite; etcd, a real server started like the tests
 do) and each path, on a fresh store:
 
   direct   Objects.create_many on the store, in-process (the baseline)
-  api      one POST /api/v1/nodes with a JSON list, served by hypercorn
-           (client: httpx in the same process, so they share the GIL)
+  api      one POST /api/v1/nodes with a JSON list, served by hypercorn,
+           answered with every created object (client: httpx in the same
+           process, so they share the GIL; encode/decode on both sides counted)
+  api-min  the same with `Prefer: return=minimal` (uid and name only), as the CLI sends it
   cli      `python -m cwboot nodes add --file nodes.json` in a subprocess
            (includes interpreter start-up and reading the file)
 
 Prints seconds, nodes/s and the ratio to the direct baseline of the same
-backend measured in the same run (median of --repeat runs).
+backend measured in the same run (median of --repeat runs; the paths take
+turns within each round so a change in machine load hits them alike).
 
     .venv/bin/python bench/bench_api_bulk.py [--nodes 10000] [--repeat 3] [--backends embedded,etcd]
 """
@@ -94,16 +97,22 @@ def time_direct(config: Config, docs: list[dict[str, Any]]) -> float:
     return trio.run(run)
 
 
-def time_api(config: Config, docs: list[dict[str, Any]]) -> float:
+def time_api(config: Config, docs: list[dict[str, Any]], minimal: bool = False) -> float:
     trio.run(_prepare, config)
+    headers = {"prefer": "return=minimal"} if minimal else {}
     with served_api(config) as api, api.client() as client:
         client.get("/api/v1/health").raise_for_status()  # connection open before the clock starts
         start = time.perf_counter()
-        r = client.post("/api/v1/nodes", json=docs, timeout=600)
+        r = client.post("/api/v1/nodes", json=docs, headers=headers, timeout=600)
+        created = r.json()
         elapsed = time.perf_counter() - start
         assert r.status_code == 201, r.text[:300]
-        assert len(r.json()) == len(docs)
+        assert len(created) == len(docs)
     return elapsed
+
+
+def time_api_minimal(config: Config, docs: list[dict[str, Any]]) -> float:
+    return time_api(config, docs, minimal=True)
 
 
 def time_cli(config: Config, docs: list[dict[str, Any]]) -> float:
@@ -125,6 +134,7 @@ def time_cli(config: Config, docs: list[dict[str, Any]]) -> float:
 PATHS: dict[str, Callable[[Config, list[dict[str, Any]]], float]] = {
     "direct": time_direct,
     "api": time_api,
+    "api-min": time_api_minimal,
     "cli": time_cli,
 }
 
@@ -152,13 +162,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cwboot-bench-api-") as tmp:
         for name in args.backends.split(","):
             with backend(name, Path(tmp)) as b:
-                baseline = None
-                for path in args.paths.split(","):
-                    times = [PATHS[path](b.fresh_config(), docs) for _ in range(args.repeat)]
-                    median = statistics.median(times)
-                    baseline = baseline if baseline is not None else median
-                    rows.append((name, path, median, min(times), args.nodes / median, median / baseline))
-                    print(f"  {name:9} {path:7} runs: {', '.join(f'{t:.2f}s' for t in times)}", file=sys.stderr)
+                paths = args.paths.split(",")
+                times: dict[str, list[float]] = {path: [] for path in paths}
+                for _ in range(args.repeat):
+                    for path in paths:
+                        times[path].append(PATHS[path](b.fresh_config(), docs))
+                baseline = statistics.median(times[paths[0]])
+                for path in paths:
+                    median = statistics.median(times[path])
+                    rows.append((name, path, median, min(times[path]), args.nodes / median, median / baseline))
+                    print(f"  {name:9} {path:7} runs: {', '.join(f'{t:.2f}s' for t in times[path])}", file=sys.stderr)
     print(f"\nbulk add of {args.nodes} nodes (median of {args.repeat}; 'x direct' = time / direct time, same backend)\n")
     header = f"{'backend':9} {'path':7} {'median s':>9} {'best s':>8} {'nodes/s':>9} {'x direct':>9}"
     print(header)
