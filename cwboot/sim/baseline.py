@@ -203,7 +203,7 @@ def _wait_listening(pair: NetnsPair, ports: list[tuple[int, str]], stack: Baseli
     while time.monotonic() < deadline:
         for proc in stack.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"baseline process {proc.args} exited with {proc.returncode}")
+                raise RuntimeError(f"baseline process {proc.args!r} exited with {proc.returncode}")
         out = subprocess.run([*pair.exec_prefix("server"), "ss", "-Hlntu"],
                              capture_output=True, text=True, timeout=10).stdout  # fmt: skip
         if all(f":{port} " in out for port, _ in ports):

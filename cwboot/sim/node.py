@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import trio
@@ -43,6 +44,7 @@ from cwboot.sim.dhcp_client import DhcpFailed, RelaySocket
 from cwboot.sim.http_client import ConnStats, HttpConnection, HttpError, SocketFactory
 from cwboot.sim.rootfs import ChunkMismatch, FrameDigests, StreamVerifier
 
+T = TypeVar("T")
 PHASES = ("dhcp_pxe", "tftp", "dhcp_ipxe", "script", "kernel", "initrd", "rootfs", "status")
 spec = dhcp_client.spec
 
@@ -178,27 +180,24 @@ class SimNode:
             conn.close()
         self._conns.clear()
 
-    async def _phase(self, name: str, run: Callable[[], object]) -> object:
+    async def _phase(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
         start = self._now()
-        value = await run()  # type: ignore[misc]
+        value = await run()
         self.result.phases[name] = (start, self._now())
         return value
 
     async def _boot_once(self) -> None:
         cfg = self.ctx.config
-        lease = await self._phase("dhcp_pxe", lambda: self._dora("pxe", cfg.pxe_dhcp_timeouts))
-        assert isinstance(lease, dhcp_client.Lease)
-        if not lease.boot_file:
+        pxe = await self._phase("dhcp_pxe", lambda: self._dora("pxe", cfg.pxe_dhcp_timeouts))
+        if not pxe.boot_file:
             raise PhaseFailed("PXE ACK without a boot file")
-        await self._phase("tftp", lambda: self._tftp(lease))
+        await self._phase("tftp", lambda: self._tftp(pxe))
         lease = await self._phase("dhcp_ipxe", lambda: self._dora("ipxe", cfg.ipxe_dhcp_timeouts))
-        assert isinstance(lease, dhcp_client.Lease)
         settings = ipxe_script.node_settings(self.mac, lease.address)
         script_url = ipxe_script.expand(lease.boot_file, settings)
         if not script_url.startswith("http://"):
             raise PhaseFailed(f"iPXE boot file {script_url!r} is not an HTTP URL (iPXE loop?)")
         boot = await self._phase("script", lambda: self._script(script_url, settings))
-        assert isinstance(boot, ipxe_script.BootSpec)
         await self._phase("kernel", lambda: self._get_counted("kernel", [boot.kernel]))
         await self._phase("initrd", lambda: self._initrds(boot.initrds))
         images = ipxe_script.rootfs_urls(boot.cmdline)
@@ -283,7 +282,7 @@ class SimNode:
                 continue
             if peer is None and address[0] == server[0]:
                 peer = address
-            if address != peer:
+            if peer is None or address != peer:
                 continue  # a stray port: not our transfer (RFC 1350 4: ERROR 5 is optional)
             await _sendto(sock, client.receive_untrusted(data, trio.current_time()).datagrams, peer)
 
