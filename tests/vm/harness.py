@@ -39,6 +39,9 @@ IPXE_DIR = Path("/usr/lib/ipxe")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
+# Seconds a powered-off VM may still show up in the head's status (see wait_all).
+EXIT_GRACE = 10.0
+
 # Firmware paths a VM can take to reach iPXE / the kernel.
 FIRMWARES = ("bios", "uefi-pxe", "uefi-http")
 
@@ -290,22 +293,27 @@ def wait_all(vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float) -> 
     """Poll ``up_macs`` (MACs that reached ``up``) every 0.5 s; seconds from each VM's start to up.
 
     Raises TimeoutError naming the VMs still down after ``timeout`` seconds, or RuntimeError
-    as soon as one of them exits without having reached up (its console log says why).
+    when one of them exited (powered off) ``EXIT_GRACE`` seconds ago without being seen up:
+    the head records a report after answering it, so the last one may land just after poweroff.
     """
     times: dict[str, float] = {}
+    exited: dict[str, float] = {}
     deadline = min(vm.started for vm in vms) + timeout
     while True:
         up = up_macs()
         now = time.monotonic()
         for vm in vms:
             if vm.mac in up and vm.mac not in times:
-                times[vm.mac] = now - vm.started
+                times[vm.mac] = min(now, exited.get(vm.mac, now)) - vm.started
         if len(times) == len(vms):
             return times
         for vm in vms:
-            if vm.mac not in times and vm.proc.poll() is not None and vm.mac not in up_macs():
+            if vm.mac in times or vm.proc.poll() is None:
+                continue
+            exited.setdefault(vm.mac, now)
+            if now - exited[vm.mac] > EXIT_GRACE:
                 raise RuntimeError(
-                    f"VM {vm.mac} ({vm.firmware}) exited (rc {vm.proc.returncode}) before up; log {vm.log}"
+                    f"VM {vm.mac} ({vm.firmware}) exited (rc {vm.proc.returncode}) and never reported up; log {vm.log}"
                 )
         if now > deadline:
             down = [f"{vm.mac} (log {vm.log})" for vm in vms if vm.mac not in times]
