@@ -213,20 +213,29 @@ def main() -> int:
         victim.write_bytes(victim.read_bytes()[::-1])
         store.import_tree("img", tree)
         s3 = store.last_import
+        with open(
+            victim, "ab"
+        ) as f:  # grows by one byte: every later block shifts (fixed-size chunks)
+            f.write(b"!")
+        store.import_tree("img", tree)
+        s4 = store.last_import
         results["import"] = {
             "raw_mb": m.raw_size / 1e6,
             "compressed_mb": m.compressed_size / 1e6,
             "first_mb_s": m.raw_size / 1e6 / s1.seconds,
             "unchanged_reimport_mb_s": m.raw_size / 1e6 / s2.seconds,
             "unchanged_reimport_new_chunks": s2.new_chunks,
-            "one_file_changed_new_chunks": s3.new_chunks,
+            "one_file_rewritten_same_size_new_chunks": s3.new_chunks,
             "chunks": s3.chunks,
             "one_file_changed_dedup": s3.dedup_ratio,
+            "mid_file_grown_new_chunks": s4.new_chunks,
+            "mid_file_grown_dedup": s4.dedup_ratio,
         }
         print(
             f"import: {m.raw_size / 1e6:.0f} MB -> {m.compressed_size / 1e6:.0f} MB in {s1.seconds:.1f} s "
             f"({m.raw_size / 1e6 / s1.seconds:.0f} MB/s); unchanged re-import {m.raw_size / 1e6 / s2.seconds:.0f} MB/s, "
-            f"{s2.new_chunks} new chunks; one file changed: {s3.new_chunks}/{s3.chunks} new ({s3.dedup_ratio:.1%} deduplicated)",
+            f"{s2.new_chunks} new chunks; one file rewritten (same size): {s3.new_chunks}/{s3.chunks} new ({s3.dedup_ratio:.1%} deduplicated); "
+            f"a middle file grown by 1 byte: {s4.new_chunks}/{s4.chunks} new ({s4.dedup_ratio:.1%} deduplicated)",
             flush=True,
         )
         # 2. the same bytes as one file

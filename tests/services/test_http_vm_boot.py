@@ -2,10 +2,11 @@
 root filesystem from two cwboot HTTP engines on 127.0.0.1 (QEMU's user network reaches
 them as 10.0.2.2).
 
-The node is handed three heads: a dead one, one whose copy of a chunk is corrupt (same
-size, bytes flipped: only the xxh3 check can catch it), and a good one. It must fail
-over, reject the bad chunk, refetch it from the good head, mount the overlay and run
-the image's /sbin/init, which prints a marker and powers off.
+The node is handed four heads: a dead one, a busy one (max_streams=0: every chunk gets
+503 + Retry-After), one whose copy of a chunk is corrupt (same size, bytes flipped: only
+the xxh3 check can catch it), and a good one. It must fail over, wait out the 503,
+reject the bad chunk, refetch it from the good head, mount the overlay and run the
+image's /sbin/init, which prints a marker and powers off.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cwboot.services.http import serve_http
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
-MAC = "52:54:00:12:34:57"  # 0x57 % 3 == 0: mount_rootfs starts with the first head
+MAC = "52:54:00:12:34:58"  # 0x58 % 4 == 0: mount_rootfs starts with the first head
 
 
 class NoObjects:
@@ -80,9 +81,10 @@ def test_overlay_boot_fails_over_and_rejects_a_corrupt_chunk(tmp_path: Path) -> 
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 ports = []
-                for store in (bad, good):
+                for store, max_streams in ((good, 0), (bad, 256), (good, 256)):
                     config = Config()
                     config.http.listen, config.http.port = "127.0.0.1", 0
+                    config.http.max_streams = max_streams
                     srv = await nursery.start(
                         lambda task_status, s=store, c=config: serve_http(
                             c,
@@ -105,18 +107,27 @@ def test_overlay_boot_fails_over_and_rejects_a_corrupt_chunk(tmp_path: Path) -> 
             f"console=ttyS0 quiet cwboot.heads={heads} cwboot.image=tiny cwboot.version=1 "
             f"cwboot.style=overlay cwboot.mac={MAC.replace(':', '-')} cwboot.fetch_timeout=10"
         )
-        vm = subprocess.run(
-            ["qemu-system-x86_64", "-accel", "tcg", "-m", "768", "-nographic", "-no-reboot",
-             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", cmdline,
-             "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"],
-            capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        log = tmp_path / "console.log"
+        with open(log, "w") as out:
+            vm = subprocess.Popen(
+                ["qemu-system-x86_64", "-accel", "tcg", "-m", "768", "-nographic", "-no-reboot",
+                 "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", cmdline,
+                 "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                vm.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                vm.kill()
+                vm.wait()
+                raise AssertionError("VM did not power off:\n" + log.read_text()[-3000:]) from None
     finally:
         trio.from_thread.run_sync(scope.cancel, trio_token=token)
         thread.join(timeout=10)
-    console = vm.stdout
+    console = log.read_text()
     assert "ROOTFS-OK hello-from-cwboot root=overlay" in console, console[-3000:]
     assert "fetch http://10.0.2.2:1/" in console  # the dead head was tried and left
+    assert f"http://10.0.2.2:{ports[0]} is busy (503): retrying in" in console
     assert f"chunk {m.chunks[0].id} failed verification" in console
     stages = [f["stage"] for mac, f in reports if mac == MAC]
     assert stages[0] == "initramfs" and stages[-1] == "switch_root"
