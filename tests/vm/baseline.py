@@ -56,14 +56,9 @@ def boot_script(head: str, files: BootFiles) -> str:
 
 
 class Baseline:
-    """dnsmasq + nginx serving ``files`` to ``nodes`` VMs (MACs ``mac_for(0..nodes-1)``).
+    """dnsmasq + nginx serving ``files`` to ``nodes`` VMs (MACs ``mac_for(0..nodes-1)``)."""
 
-    ``uefi_http``: ignore OVMF's PXE requests so its UEFI HTTP boot client takes over.
-    """
-
-    def __init__(
-        self, netns: Netns, workdir: Path, files: BootFiles, nodes: int, *, uefi_http: bool = False
-    ) -> None:
+    def __init__(self, netns: Netns, workdir: Path, files: BootFiles, nodes: int) -> None:
         self.netns = netns
         self.root = workdir / "www"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -85,7 +80,7 @@ class Baseline:
         self.access_log.write_text("")
         self.dnsmasq_log = workdir / "dnsmasq.log"
         self._start_nginx(workdir)
-        self._start_dnsmasq(workdir, nodes, uefi_http)
+        self._start_dnsmasq(workdir, nodes)
 
     def _start_nginx(self, workdir: Path) -> None:
         tmp = workdir / "nginx-tmp"
@@ -121,7 +116,7 @@ http {{
             stderr=subprocess.DEVNULL,
         )
 
-    def _start_dnsmasq(self, workdir: Path, nodes: int, uefi_http: bool) -> None:
+    def _start_dnsmasq(self, workdir: Path, nodes: int) -> None:
         head = self.netns.head_ip
         hosts = "".join(f"dhcp-host={mac_for(i)},{self.netns.ip_for(i)}\n" for i in range(nodes))
         conf = workdir / "dnsmasq.conf"
@@ -148,7 +143,6 @@ enable-tftp
 tftp-root={self.tftp}
 log-dhcp
 log-facility={self.dnsmasq_log}
-{"dhcp-ignore=tag:efi64,tag:!ipxe" if uefi_http else ""}
 """
         )
         self.dnsmasq = self.netns.popen(

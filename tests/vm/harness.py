@@ -348,6 +348,12 @@ def qemu_command(
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             "-device", f"virtio-net-pci,netdev=net0,mac={mac},romfile=,bootindex=1",
         ]  # fmt: skip
+        if firmware == "uefi-http":
+            # OVMF reads these switches from fw_cfg: no PXE boot options, so HTTPv4 comes first.
+            cmd += [
+                "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+            ]  # fmt: skip
     return cmd
 
 

@@ -7,6 +7,8 @@ its MAC, and the test reads that status back through cwboot's REST API. Paths:
 - ``bios``: SeaBIOS + the iPXE NIC ROM of ipxe-qemu (its first DHCP already says iPXE);
 - ``uefi-pxe``: OVMF's own PXE client fetches ``ipxe.efi`` over cwboot's TFTP, which then
   DHCPs again as iPXE and fetches its script over HTTP;
+- ``uefi-http``: OVMF's UEFI HTTP boot client (PXE switched off through fw_cfg) DHCPs as
+  ``HTTPClient`` and fetches ``ipxe.efi`` from cwboot's ``/boot/loader/``;
 
 plus eight BIOS VMs at once as eight nodes of the demo pool, and the same boot through
 dnsmasq + nginx (tests/vm/baseline.py) so the baseline of bench/bench_vm_boot.py is
@@ -21,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.baseline import Baseline, BootFiles
-from tests.vm.cwboot_head import CwbootHead, prepare_boot_files
+from tests.vm.baseline import NGINX_PORT, Baseline, BootFiles
+from tests.vm.cwboot_head import HTTP_PORT, CwbootHead, prepare_boot_files
 from tests.vm.harness import Kernel, Netns, Vm, build_rootfs, mac_for, start_vm, wait_all
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
-# Seconds from VM start to "up": one VM takes ~10 s (BIOS) / ~25 s (UEFI) on an idle machine.
+# Seconds from VM start to "up": one VM takes ~10 s (BIOS) / ~25-30 s (UEFI) on an idle machine.
 ONE_VM_TIMEOUT = 180
 EIGHT_VM_TIMEOUT = 420
 
@@ -42,10 +44,24 @@ def stop_all(vms: list[Vm]) -> None:
         vm.stop()
 
 
-def check_console(vm: Vm, index: int, netns: Netns) -> None:
-    """The serial console shows mount_rootfs's path and the image's own init."""
+# What each firmware path prints on its way to iPXE (proves which path the VM took).
+FIRMWARE_MARKERS = {
+    "bios": ["iPXE (PCI 00:02.0) starting execution"],
+    "uefi-pxe": [
+        "Start PXE over IPv4",
+        "NBP filename is ipxe.efi",
+        "NBP file downloaded successfully",
+    ],
+    "uefi-http": ["Start HTTP Boot over IPv4", "URI: http://{head}:{port}/boot/loader/ipxe.efi"],
+}
+
+
+def check_console(vm: Vm, index: int, netns: Netns, http_port: int) -> None:
+    """The serial console shows the firmware path, mount_rootfs's steps and the image's own init."""
     console = vm.console()
     dashed = vm.mac.replace(":", "-")
+    for marker in FIRMWARE_MARKERS[vm.firmware]:
+        assert marker.format(head=netns.head_ip, port=http_port) in console
     assert f"cwboot: network up on eth0: {netns.ip_for(index)}/24" in console
     assert re.search(r"cwboot: unpacked \d+ chunks", console)
     assert "cwboot: switch_root to /sbin/init" in console
@@ -71,13 +87,13 @@ def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
         assert status["name"] == f"n{i}" and status["stage"] == "up"
         phases = status["phases"]
         assert phases["initramfs"] <= phases["fetching"] <= phases["switch_root"] <= phases["up"]
-        check_console(vm, i, netns)
+        check_console(vm, i, netns, HTTP_PORT)
     print(
         f"{firmware} x{count} through cwboot: seconds to up {sorted(round(t, 1) for t in up.values())}"
     )
 
 
-@pytest.mark.parametrize("firmware", ["bios", "uefi-pxe"])
+@pytest.mark.parametrize("firmware", ["bios", "uefi-pxe", "uefi-http"])
 def test_one_vm_boots_to_up_through_cwboot(
     firmware: str, vm_workdir: Path, boot_files: BootFiles
 ) -> None:
@@ -100,4 +116,4 @@ def test_baseline_dnsmasq_nginx_boots_the_same_files(
         finally:
             vm.stop()
     assert vm.mac == mac_for(0)
-    check_console(vm, 0, netns)
+    check_console(vm, 0, netns, NGINX_PORT)
