@@ -144,7 +144,7 @@ def server_command(name: str, pair: NetnsPair, workdir: Path, enrol: bool) -> li
         return ["/usr/sbin/kea-dhcp4", "-c", str(kea_config(pair.server_if, workdir))]
     if name == "dnsmasq":
         return ["dnsmasq", "--no-daemon", "--port=0", f"--interface={pair.server_if}", "--bind-interfaces",
-                "--dhcp-range=10.99.1.0,10.99.254.254,255.255.0.0,1h", f"--dhcp-leasefile={workdir / 'leases'}",
+                "--dhcp-range=10.99.1.0,10.99.254.254,255.255.0.0,1h", "--leasefile-ro",
                 "--dhcp-authoritative", "--no-ping", "--dhcp-lease-max=100000", f"--pid-file={workdir / 'dnsmasq.pid'}",
                 "--log-facility=-", "--quiet-dhcp", "--conf-file=/dev/null"]  # fmt: skip
     raise ValueError(name)
