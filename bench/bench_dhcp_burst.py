@@ -38,7 +38,9 @@ SO_RCVBUFFORCE = 33
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=10000)
-    parser.add_argument("--rcvbuf", type=int, default=0, help="server dhcp.rcvbuf_bytes (0: the default)")
+    parser.add_argument(
+        "--rcvbuf", type=int, default=0, help="server dhcp.rcvbuf_bytes (0: the default)"
+    )
     parser.add_argument("--timeout", type=float, default=20)
     args = parser.parse_args()
     macs = perfdhcp_macs(BASE_MAC, CLIENTS)[: args.count]
@@ -84,11 +86,19 @@ def main() -> None:
         sock.close()
         server.send_signal(2)
         server.wait(timeout=10)
-        stats = json.loads((workdir / "stats.json").read_text()) if (workdir / "stats.json").exists() else {}
-        print(f"burst of {len(packets)} DISCOVERs (distinct MACs, broadcast flag) sent in {sent_in * 1e3:.0f} ms")
+        stats = (
+            json.loads((workdir / "stats.json").read_text())
+            if (workdir / "stats.json").exists()
+            else {}
+        )
+        print(
+            f"burst of {len(packets)} DISCOVERs (distinct MACs, broadcast flag) sent in {sent_in * 1e3:.0f} ms"
+        )
         print(f"answered {len(answered)}, lost {len(packets) - len(answered)}, "
               f"time to last OFFER {(last - start) * 1e3:.0f} ms ({len(answered) / max(last - start, 1e-9):.0f} OFFER/s)")  # fmt: skip
-        print(f"server: received {stats.get('received')}, replied {stats.get('replied')}, dropped {stats.get('dropped')}")
+        print(
+            f"server: received {stats.get('received')}, replied {stats.get('replied')}, dropped {stats.get('dropped')}"
+        )
     finally:
         pair.close()
 
