@@ -14,6 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import trio
+
 from cwboot.api.auth import Tokens, bearer_token, tokens_from_config
 from cwboot.api.http import (
     ApiError,
@@ -38,6 +40,9 @@ from cwboot.control.repo import Objects
 from cwboot.control.store.base import RevisionMismatch, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+# Before a 413, read and drop at most max_body_bytes more for at most this long.
+DRAIN_SECONDS = 2.0
 
 HEALTH_PATH = f"{API_PREFIX}/health"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
@@ -70,6 +75,13 @@ class ApiApp:
             response = await self._dispatch(request)
         except ClientGone:
             return
+        if response.status == 413:
+            # Hypercorn closes the connection as soon as the answer is sent; a client
+            # still sending would then get a reset instead of the 413. Read and drop a
+            # bounded amount first (nothing is kept), then answer and close.
+            with trio.move_on_after(DRAIN_SECONDS):
+                await request.discard_body(self.limits.max_body_bytes)
+            response.headers["connection"] = "close"
         await send_response(send, response)
 
     async def _dispatch(self, request: Request) -> Response:

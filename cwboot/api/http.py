@@ -93,6 +93,7 @@ class Request:
         for name, value in scope.get("headers", ()):
             self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
         self._query: dict[str, str] | None = None
+        self._body_done = False
 
     @property
     def query(self) -> dict[str, str]:
@@ -121,7 +122,23 @@ class Request:
                 raise ApiError(413, f"request body is larger than the {limit}-byte limit")
             chunks.append(chunk)
             if not message.get("more_body", False):
+                self._body_done = True
                 return b"".join(chunks)
+
+    async def discard_body(self, max_bytes: int) -> None:
+        """Read and drop what the client still sends, up to ``max_bytes``, without keeping it.
+
+        Used before an early answer (413): a server that closes while the client is
+        still sending makes the kernel reset the connection, and the client may lose
+        the answer before reading it. Draining a bounded amount lets it arrive.
+        """
+        dropped = 0
+        while not self._body_done and dropped <= max_bytes:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            dropped += len(message.get("body", b""))
+            self._body_done = not message.get("more_body", False)
 
     async def json(self) -> Any:
         """The body decoded as JSON (400 for invalid or too deeply nested JSON)."""

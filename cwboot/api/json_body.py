@@ -60,7 +60,7 @@ def decode_json_untrusted(body: bytes, max_depth: int) -> Any:
             # "\ud800" parses into a lone surrogate that no UTF-8 writer accepts later.
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeError as exc:
-        raise BadJson(f"invalid JSON text encoding: {exc.reason}") from None
+        raise BadJson(f"invalid JSON text encoding: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise BadJson(f"invalid JSON: {exc}") from None
     return value

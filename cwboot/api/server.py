@@ -62,5 +62,7 @@ async def serve_api(
     api = config.api if isinstance(config, Config) else config
     trigger = shutdown.wait if shutdown is not None else None
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hypercorn.trio.serve, app, hypercorn_config(api), shutdown_trigger=trigger))
+        # ApiApp is an ASGI 3 app; hypercorn's TypedDict scopes are only narrower types of our mappings.
+        serve = partial(hypercorn.trio.serve, app, hypercorn_config(api), shutdown_trigger=trigger)  # type: ignore[arg-type]
+        binds = await nursery.start(serve)
         task_status.started(_parse_bind(binds[0]))
