@@ -274,10 +274,16 @@ class BootPolicy:
         node = lookup.node_by_mac(mac)
         if node is None:
             return Enrol(mac) if self.enrol else _IGNORE[UNKNOWN_MAC]
-        ip = "" if self.proxy else lookup.node_ip(node)
-        if not ip and not self.proxy:
-            return _IGNORE[NO_ADDRESS]
-        template = self._template(node, ip, mac, kind, arch)
+        # The per-node part of the reply is memoized while the cache returns the same node
+        # and naming-pool documents (it replaces a document on every change); the IP is
+        # derived only when one of them changed.
+        pool = lookup.get("naming_pool", node.get("naming_pool") or "default")
+        template = self._templates.get((mac, kind, arch))
+        if template is None or template.node is not node or template.pool is not pool:
+            ip = "" if self.proxy else lookup.node_ip(node)
+            if not ip and not self.proxy:
+                return _IGNORE[NO_ADDRESS]
+            template = self._template(node, pool, ip, mac, kind, arch)
 
         yiaddr = template.yiaddr
         ciaddr = _ZERO
@@ -326,17 +332,15 @@ class BootPolicy:
         )
 
     def _template(
-        self, node: Mapping[str, Any], ip: str, mac: str, kind: str, arch: int | None
+        self,
+        node: Mapping[str, Any],
+        pool: Mapping[str, Any] | None,
+        ip: str,
+        mac: str,
+        kind: str,
+        arch: int | None,
     ) -> _Template:
-        """The per-node part of a reply, memoized while the node document and its IP stay the same.
-
-        The cache replaces a node's document on every change, so ``is`` on the
-        document (plus the IP, which its pool can change) says when to rebuild.
-        """
-        key = (mac, kind, arch)
-        template = self._templates.get(key)
-        if template is not None and template.node is node and template.ip == ip:
-            return template
+        """Build and remember the per-node part of a reply (file, options, address)."""
         boot: list[tuple[int, bytes]] = [(dhcp.OPT_SERVER_ID, self.server_id)]
         if kind == IPXE:
             file = self.script_url(mac).encode()
@@ -356,7 +360,10 @@ class BootPolicy:
         if name:
             boot.append((dhcp.OPT_HOSTNAME, name.encode()))
         lease = [boot[0], *self.network_options, *boot[1:]]
-        template = _Template(node, ip, _aton(ip) if ip else _ZERO, file, tuple(boot), tuple(lease))
+        template = _Template(
+            node, pool, _aton(ip) if ip else _ZERO, file, tuple(boot), tuple(lease)
+        )
+        key = (mac, kind, arch)
         if len(self._templates) >= _MAX_TEMPLATES:
             self._templates.clear()  # bounded: removed nodes do not pile up
         self._templates[key] = template
@@ -375,7 +382,7 @@ class BootPolicy:
 
 class _Template(NamedTuple):
     node: Mapping[str, Any]
-    ip: str
+    pool: Mapping[str, Any] | None
     yiaddr: bytes
     file: bytes
     # Server id + boot options (proxy mode, INFORM); the same plus lease and network options.
