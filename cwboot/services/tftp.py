@@ -47,9 +47,11 @@ import trio
 from cwboot.config import TftpConfig
 from cwboot.protocol.tftp import (
     DEBIAN_IPXE_LOADERS,
+    MIN_BLKSIZE,
     BadPacket,
     BytesSource,
     ClientState,
+    ErrorCode,
     Limits,
     Outcome,
     Output,
@@ -69,6 +71,10 @@ log = logging.getLogger(__name__)
 IP_PKTINFO = getattr(_socket, "IP_PKTINFO", 8)
 # struct in_pktinfo { int ipi_ifindex; struct in_addr ipi_spec_dst; struct in_addr ipi_addr; }
 IN_PKTINFO = struct.Struct("=i4s4s")
+# Linux <netinet/in.h>: the path MTU of a connected socket.
+IP_MTU = getattr(_socket, "IP_MTU", 14)
+# IPv4 header (20, no options) + UDP header (8) + TFTP DATA header (4).
+TFTP_DATA_OVERHEAD = 32
 # Large enough to read (and then refuse) any UDP datagram whole.
 MAX_DATAGRAM = 65536
 RECENT_TRANSFERS = 1000
@@ -155,7 +161,13 @@ class _Service:
 
     def open_source_untrusted(self, request: ReadRequest, peer: Peer) -> ResponseSource:
         if self.generated is not None:
-            content = self.generated(request.filename, peer)
+            try:
+                content = self.generated(request.filename, peer)
+            except Exception as exc:  # a bug in generated content must not stop the service
+                log.exception("tftp: generating %r for %s failed", request.filename, peer)
+                raise BadPacket(
+                    "generator_failed", ErrorCode.NOT_DEFINED, "internal error"
+                ) from exc
             if isinstance(content, bytes):
                 return BytesSource(content)
             if content is not None:
@@ -208,18 +220,27 @@ class _Service:
     async def transfer(self, request: ReadRequest, peer: Peer, local: str) -> None:
         now = trio.current_time()
         try:
-            with trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
-                await sock.bind((local, 0))
+            with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                try:
+                    sock.bind((local, 0))
+                except OSError:  # e.g. the RRQ was sent to a broadcast address
+                    sock.bind((self.config.listen, 0))
                 try:
                     source = self.open_source_untrusted(request, peer)
                 except BadPacket as exc:
                     self.stats.drops[exc.reason] += 1
                     self.stats.outcomes[Outcome.REFUSED.value] += 1
-                    await self.send(sock, build_error(exc.code or 0, exc.message), peer)
+                    await self.send_all(sock, [build_error(exc.code or 0, exc.message)], peer)
                     return
-                transfer = ReadTransfer(request, source, limits=self.limits, now=now)
+                limits = dataclasses.replace(self.limits, max_blksize=self.path_blksize(peer))
+                transfer = ReadTransfer(request, source, limits=limits, now=now)
                 try:
                     await self.run_transfer(sock, transfer, peer)
+                except OSError as exc:  # reading the file failed (EIO...): end this transfer only
+                    self.stats.drops[
+                        f"read_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
+                    ] += 1
                 finally:
                     transfer.close()
                     self.finish(transfer, peer)
@@ -230,31 +251,61 @@ class _Service:
                 del self.per_peer[peer[0]]
             self.stats.active -= 1
 
-    async def run_transfer(
-        self, sock: trio.socket.SocketType, transfer: ReadTransfer, peer: Peer
-    ) -> None:
-        out = transfer.start(trio.current_time())
-        while True:
-            for datagram in out.datagrams:
-                await self.send(sock, datagram, peer)
-            if transfer.finished:
-                return
-            data = None
-            with trio.move_on_at(transfer.deadline if transfer.deadline is not None else math.inf):
+    def path_blksize(self, peer: Peer) -> int:
+        """blksize that fits the route's MTU to ``peer`` (RFC 2348 §2 asks to avoid IP fragmentation)."""
+        try:
+            with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as probe:
+                probe.connect(peer)
+                mtu = probe.getsockopt(_socket.IPPROTO_IP, IP_MTU)
+        except OSError:
+            return self.config.max_blksize
+        return max(MIN_BLKSIZE, min(self.config.max_blksize, mtu - TFTP_DATA_OVERHEAD))
+
+    async def send_all(self, sock: _socket.socket, datagrams: list[bytes], peer: Peer) -> None:
+        """Send a window with plain non-blocking sendto calls, then one checkpoint.
+
+        (trio's socket wrapper costs a scheduler round trip per datagram; this
+        is the hot path of a boot storm.)
+        """
+        for datagram in datagrams:
+            while True:
                 try:
-                    data, sender = await sock.recvfrom(MAX_DATAGRAM)
+                    sock.sendto(datagram, peer)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
                 except OSError as exc:
                     self.stats.drops[
-                        f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
+                        f"send_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
                     ] += 1
+                break
+        await trio.lowlevel.checkpoint()
+
+    async def run_transfer(self, sock: _socket.socket, transfer: ReadTransfer, peer: Peer) -> None:
+        out = transfer.start(trio.current_time())
+        while True:
+            await self.send_all(sock, out.datagrams, peer)
+            if transfer.finished:
+                return
+            try:
+                data, sender = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                with trio.move_on_at(
+                    transfer.deadline if transfer.deadline is not None else math.inf
+                ):
+                    await trio.lowlevel.wait_readable(sock)
                     out = Output([], transfer.deadline)
                     continue
-            if data is None:
                 out = transfer.timeout(trio.current_time())
-            elif sender[:2] != peer:
+                continue
+            except OSError as exc:
+                self.stats.drops[f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+                out = Output([], transfer.deadline)
+                continue
+            if sender[:2] != peer:
                 # RFC 1350 §4: answer the stranger with ERROR 5, keep serving the peer.
                 self.stats.drops["stray_transfer_id"] += 1
-                await self.send(sock, transfer.reply_to_stray(), sender[:2])
+                await self.send_all(sock, [transfer.reply_to_stray()], sender[:2])
                 out = Output([], transfer.deadline)
             else:
                 out = transfer.receive_untrusted(data, trio.current_time())

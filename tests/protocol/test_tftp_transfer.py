@@ -18,6 +18,7 @@ from cwboot.protocol.tftp import (
     ClientState,
     Limits,
     Outcome,
+    Output,
     ReadClient,
     ReadRequest,
     ReadTransfer,
@@ -214,7 +215,12 @@ def test_timeout_option_sets_the_retransmission_interval() -> None:
     transfer = ReadTransfer(request, BytesSource(b"x" * 2000), limits=Limits(timeout=1.0), now=0.0)
     assert transfer.start(10.0).deadline == 13.0
     assert transfer.timeout(12.9).datagrams == []
-    assert transfer.timeout(13.0).datagrams == [build_oack({"timeout": "3"})]
+    assert transfer.timeout(13.0) == Output([build_oack({"timeout": "3"})], 19.0)
+    # Exponential backoff (RFC 1123 §4.2.3.2), capped at 4x the timeout.
+    assert transfer.timeout(19.0).deadline == 31.0
+    assert transfer.timeout(31.0).deadline == 43.0
+    # Progress brings the interval back to the negotiated timeout.
+    assert transfer.receive_untrusted(build_ack(0), 44.0).deadline == 47.0
 
 
 def test_retransmits_are_bounded_then_the_transfer_fails() -> None:

@@ -140,6 +140,25 @@ def test_real_client_fetches_exact_bytes(
     assert hashlib.sha256(out.read_bytes()).hexdigest() == setup.digest
 
 
+def test_blksize_is_clamped_to_the_path_mtu(setup: Setup, tmp_path: Path) -> None:
+    net = setup.net
+    net.impair()
+    for ns, ifname in ((net.server_ns, net.server_if), (net.client_ns, net.client_if)):
+        subprocess.run(
+            ["ip", "-n", ns, "link", "set", ifname, "mtu", "1200"], check=True, timeout=30
+        )
+    try:
+        out = tmp_path / "got"
+        result = net.run("client", client_commands(out)["atftp-blksize-windowsize"], timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == setup.digest
+    finally:
+        for ns, ifname in ((net.server_ns, net.server_if), (net.client_ns, net.client_if)):
+            subprocess.run(
+                ["ip", "-n", ns, "link", "set", ifname, "mtu", "1500"], check=True, timeout=30
+            )
+
+
 def test_windowsize_and_blksize_were_negotiated_and_stats_kept(setup: Setup) -> None:
     setup.net.impair()
     setup.net.kill(setup.proc, signal.SIGTERM)
@@ -148,6 +167,8 @@ def test_windowsize_and_blksize_were_negotiated_and_stats_kept(setup: Setup) -> 
     records = summary["recent"]
     assert summary["outcomes"].get("completed", 0) >= 2 * len(CLIENTS)
     assert any(r["windowsize"] == 16 and r["blksize"] == 1468 for r in records)
+    # MTU 1200 - 20 (IPv4) - 8 (UDP) - 4 (TFTP) = 1168, from the MTU test.
+    assert records[-1]["blksize"] == 1168
     assert all(r["duration"] is not None and r["packets_sent"] > 0 for r in records)
     # The lossy rounds really lost packets and the server recovered by retransmitting.
     assert summary["retransmits"] > 0

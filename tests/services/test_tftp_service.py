@@ -237,3 +237,14 @@ async def test_duplicate_rrq_does_not_start_a_second_transfer(root: Path) -> Non
             await trio.sleep(0.2)
     assert server.stats.drops["duplicate_request"] == 1
     assert server.stats.outcomes == {"completed": 1}
+
+
+@trio_test
+async def test_a_failing_generator_is_an_error_not_a_crash(root: Path) -> None:
+    def generate(name: str, peer: tuple[str, int]) -> bytes | None:
+        raise RuntimeError("bug in a generator")
+
+    async with running(root, generate) as server:
+        failed = await fetch_tftp(LOCALHOST, server.port, "small", retries=1)
+        assert not failed.ok and "internal error" in failed.error
+    assert server.stats.drops["generator_failed"] == 1

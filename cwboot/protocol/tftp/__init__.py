@@ -8,6 +8,8 @@ from cwboot.protocol.tftp._client import ClientState, ReadClient
 from cwboot.protocol.tftp._options import (
     DEFAULT_BLKSIZE,
     ETHERNET_BLKSIZE,
+    MAX_BLKSIZE,
+    MIN_BLKSIZE,
     Limits,
     Negotiated,
     negotiate_untrusted,
@@ -45,6 +47,8 @@ __all__ = [
     "DEBIAN_IPXE_LOADERS",
     "DEFAULT_BLKSIZE",
     "ETHERNET_BLKSIZE",
+    "MAX_BLKSIZE",
+    "MIN_BLKSIZE",
     "Ack",
     "BadPacket",
     "BytesSource",

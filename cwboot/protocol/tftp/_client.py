@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 
 from cwboot.protocol.tftp._options import DEFAULT_BLKSIZE
-from cwboot.protocol.tftp._transfer import Output
+from cwboot.protocol.tftp._transfer import BACKOFF_CAP, Output
 from cwboot.protocol.tftp._wire import (
     BadPacket,
     Data,
@@ -57,6 +57,7 @@ class ReadClient:
         self._timeout = timeout
         self._retries = retries
         self._retries_left = retries
+        self._interval = timeout  # doubles per timeout up to 4x, like the server's
         self._received = 0  # blocks received in order, not wrapped
         self._acked = 0
         self._gap_acked = -1
@@ -98,6 +99,7 @@ class ReadClient:
             self.deadline = None
             return Output([], None)
         self._retries_left -= 1
+        self._interval = min(self._interval * 2, self._timeout * BACKOFF_CAP)
         self.retransmits += 1
         return self._send(self._last_sent, now)
 
@@ -142,6 +144,7 @@ class ReadClient:
     def _ack(self, block: int, now: float) -> Output:
         self._acked = block
         self._retries_left = self._retries
+        self._interval = self._timeout
         return self._send(build_ack(block), now)
 
     def _abort(self, message: str, now: float) -> Output:
@@ -152,5 +155,5 @@ class ReadClient:
 
     def _send(self, datagram: bytes, now: float) -> Output:
         self._last_sent = datagram
-        self.deadline = now + self._timeout
+        self.deadline = now + self._interval
         return Output([datagram], self.deadline)

@@ -12,7 +12,8 @@ is the code; a (state, packet) pair missing from it is ignored and counted):
                      (no Sorcerer's Apprentice: only a timeout retransmits)
     SENDING        --ERROR-----------------------> FAILED, outcome PEER_ERROR
     any live state --deadline passed-------------> same state, retransmit
-                     (the OACK, or the window from the first unacknowledged block)
+                     (the OACK, or the window from the first unacknowledged block);
+                     the wait doubles per timeout, up to 4x, until progress
     any live state --more than `retries` timeouts-> FAILED, outcome TIMED_OUT
 
 Windows follow RFC 7440: after ACK k the server sends k+1 .. k+windowsize; an
@@ -42,6 +43,8 @@ from cwboot.protocol.tftp._wire import (
     build_oack,
     parse_packet_untrusted,
 )
+
+BACKOFF_CAP = 4
 
 
 class State(enum.Enum):
@@ -107,6 +110,11 @@ class ReadTransfer:
         self._source = source
         self._limits = limits
         self._retries_left = limits.retries
+        # Seconds until the next retransmission: doubles on every timeout without
+        # progress, up to BACKOFF_CAP times the negotiated timeout (RFC 1123
+        # §4.2.3.2: exponential backoff), and falls back on progress. Without it
+        # a saturated head drowns in its own retransmitted windows.
+        self._interval = 0.0
         self.deadline: float | None = None
         # Blocks are numbered 1.. without wrapping; `_base` is the first not yet
         # acknowledged, `_sent` the highest sent, `_last` the final one once known.
@@ -163,6 +171,9 @@ class ReadTransfer:
                 [self._fail(Outcome.TIMED_OUT, ErrorCode.NOT_DEFINED, message, now)], now
             )
         self._retries_left -= 1
+        self._interval = min(
+            (self._interval or self.negotiated.timeout) * 2, self.negotiated.timeout * BACKOFF_CAP
+        )
         if self.state is State.AWAIT_OACK_ACK:
             self.stats.retransmits += 1
             return self._output([self._count(build_oack(self.negotiated.oack))], now)
@@ -184,6 +195,7 @@ class ReadTransfer:
             self._ignore("ack_before_oack_ack")
             return []
         self.state = State.SENDING
+        self._progress()
         return self._send_window(now)
 
     def _on_data_ack(self, packet: Packet, now: float) -> list[bytes]:
@@ -199,7 +211,7 @@ class ReadTransfer:
         for acked in range(self._base, block + 1):
             self._cache.pop(acked, None)
         self._base = block + 1
-        self._retries_left = self._limits.retries
+        self._progress()
         if block == self._last:
             self.state = State.DONE
             self.outcome = Outcome.COMPLETED
@@ -228,6 +240,10 @@ class ReadTransfer:
         return []
 
     # -- helpers --
+
+    def _progress(self) -> None:
+        self._retries_left = self._limits.retries
+        self._interval = self.negotiated.timeout
 
     def _block(self, number: int) -> bytes:
         cached = self._cache.get(number)
@@ -277,7 +293,7 @@ class ReadTransfer:
         if self.finished:
             self.deadline = None
         elif datagrams:
-            self.deadline = now + self.negotiated.timeout
+            self.deadline = now + (self._interval or self.negotiated.timeout)
         return Output(datagrams, self.deadline)
 
 
