@@ -128,6 +128,8 @@ class ImagesConfig:
 
 @dataclass
 class PowerConfig:
+    # Run the IPMI worker processes and the /api/v1/power endpoints.
+    enabled: bool = True
     # Threads per IPMI worker process (processes: enough for max_concurrent).
     workers: int = 32
     # BMC operations at once on this head (always at most one per BMC).

@@ -23,11 +23,13 @@ from typing import Any
 import trio
 
 from cwboot.api.app import create_app
+from cwboot.api.power import power_routes
 from cwboot.api.server import serve_api
 from cwboot.config import Config
 from cwboot.control.cache import ObjectCache
 from cwboot.control.images import ImageStore
 from cwboot.control.objects import Conflict, NotFound, ObjectError
+from cwboot.control.power import serve_power
 from cwboot.control.repo import Objects
 from cwboot.control.store import LeaseExpired, Store, StoreError, open_store
 from cwboot.services.dhcp import serve_dhcp
@@ -180,8 +182,16 @@ async def run_head(config: Config, *, task_status: trio.TaskStatus[HeadPorts] = 
                     )
                 )
                 ports.dhcp, ports.services["dhcp"] = dhcp.port, dhcp
+            routes = []
+            if config.power.enabled:
+                # IPMI runs in worker processes with few descriptors (pyghmi's select() loop).
+                power = await nursery.start(
+                    serve_power, config.power, lambda ref: cache.get("node", ref)
+                )
+                ports.services["power"] = power
+                routes = power_routes(power)
             if config.api.enabled:
-                api = await nursery.start(serve_api, create_app(objects, config), config)
+                api = await nursery.start(serve_api, create_app(objects, config, routes), config)
                 ports.api, ports.services["api"] = api.port, api
             await nursery.start(
                 keep_registered,

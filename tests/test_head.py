@@ -99,6 +99,13 @@ async def _serves_every_service(tmp_path: Path) -> None:
                         reply = dhcp.parse_untrusted(data)
         assert reply is not None, "no DHCPOFFER for a node created through the API"
         assert socket.inet_ntoa(reply.yiaddr) == "10.54.0.107"
+
+        # Power is wired in: the node (now in the cache) has no BMC -> a per-node error, not a 404.
+        async with httpx.AsyncClient(headers=auth, timeout=10) as client:
+            r = await client.post(f"{api}/power/status", json={"nodes": "n7"})
+        assert r.status_code == 200, r.text
+        (result,) = r.json()["results"]
+        assert result["node"] == "n7" and result["ok"] is False and result["error"], result
         nursery.cancel_scope.cancel()
 
 

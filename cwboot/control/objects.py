@@ -305,7 +305,7 @@ def node_ip(node: Mapping[str, Any], pool: Mapping[str, Any] | None) -> str:
         return ""
     net = ipaddress.IPv4Network(pool["network"])
     addr = net.network_address + pool["ip_offset"] + node["index"]
-    if addr not in net or addr == net.broadcast_address:
+    if addr not in net or addr in (net.network_address, net.broadcast_address):
         return ""
     return str(addr)
 

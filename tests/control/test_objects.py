@@ -73,6 +73,8 @@ def test_node_ip_explicit_or_derived() -> None:
     assert objects.node_ip({"index": 5}, pool) == "10.54.0.105"
     assert objects.node_ip({"index": 5, "ip": "10.9.9.9"}, pool) == "10.9.9.9"
     assert objects.node_ip({"index": 200}, pool) == ""  # past the network: no address
+    zero = {**pool, "ip_offset": 0}
+    assert objects.node_ip({"index": 0}, zero) == ""  # the network address is no host
     assert objects.node_name(pool, 7) == "n7"
 
 
