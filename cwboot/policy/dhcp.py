@@ -213,7 +213,7 @@ class BootPolicy:
         if domain:
             network.append((dhcp.OPT_DOMAIN, domain.encode()))
         self.network_options = tuple(network)
-        self._templates: dict[tuple[str, str, int | None], _Template] = {}
+        self._templates: dict[tuple[str, bytes | None, bytes | None, bytes | None], _Template] = {}
 
     @classmethod
     def from_config(cls, config: Any, *, head_address: str, http_port: int) -> BootPolicy:
@@ -267,23 +267,30 @@ class BootPolicy:
         else:
             return _IGNORE[UNEXPECTED_TYPE]
 
-        kind, arch, warning = classify(options)
-        if self.proxy and kind == PLAIN:
-            return _IGNORE[PROXY_NOT_PXE]
         mac = request.mac
         node = lookup.node_by_mac(mac)
         if node is None:
+            if self.proxy and classify(options)[0] == PLAIN:
+                return _IGNORE[PROXY_NOT_PXE]
             return Enrol(mac) if self.enrol else _IGNORE[UNKNOWN_MAC]
-        # The per-node part of the reply is memoized while the cache returns the same node
-        # and naming-pool documents (it replaces a document on every change); the IP is
-        # derived only when one of them changed.
+        # The per-node part of the reply is memoized by MAC and the raw options that pick
+        # the boot file (77, 60, 93), while the cache returns the same node and naming-pool
+        # documents (it replaces a document on every change); only then is the client
+        # classified again and the IP derived.
         pool = lookup.get("naming_pool", node.get("naming_pool") or "default")
-        template = self._templates.get((mac, kind, arch))
+        key = (mac, options.get(dhcp.OPT_USER_CLASS), options.get(dhcp.OPT_VENDOR_CLASS),
+               options.get(dhcp.OPT_CLIENT_ARCH))  # fmt: skip
+        template = self._templates.get(key)
         if template is None or template.node is not node or template.pool is not pool:
+            kind, arch, warning = classify(options)
+            if self.proxy and kind == PLAIN:
+                return _IGNORE[PROXY_NOT_PXE]
             ip = "" if self.proxy else lookup.node_ip(node)
             if not ip and not self.proxy:
                 return _IGNORE[NO_ADDRESS]
-            template = self._template(node, pool, ip, mac, kind, arch)
+            template = self._template(key, node, pool, ip, kind, arch, warning)
+        kind = template.kind
+        warning = template.warning
 
         yiaddr = template.yiaddr
         ciaddr = _ZERO
@@ -333,17 +340,18 @@ class BootPolicy:
 
     def _template(
         self,
+        key: tuple[str, bytes | None, bytes | None, bytes | None],
         node: Mapping[str, Any],
         pool: Mapping[str, Any] | None,
         ip: str,
-        mac: str,
         kind: str,
         arch: int | None,
+        warning: str,
     ) -> _Template:
         """Build and remember the per-node part of a reply (file, options, address)."""
         boot: list[tuple[int, bytes]] = [(dhcp.OPT_SERVER_ID, self.server_id)]
         if kind == IPXE:
-            file = self.script_url(mac).encode()
+            file = self.script_url(key[0]).encode()
             if not self.proxy:
                 boot.append((dhcp.OPT_IPXE, _IPXE_NO_PXEDHCP))
         else:
@@ -360,10 +368,8 @@ class BootPolicy:
         if name:
             boot.append((dhcp.OPT_HOSTNAME, name.encode()))
         lease = [boot[0], *self.network_options, *boot[1:]]
-        template = _Template(
-            node, pool, _aton(ip) if ip else _ZERO, file, tuple(boot), tuple(lease)
-        )
-        key = (mac, kind, arch)
+        yiaddr = _aton(ip) if ip else _ZERO
+        template = _Template(node, pool, kind, warning, yiaddr, file, tuple(boot), tuple(lease))
         if len(self._templates) >= _MAX_TEMPLATES:
             self._templates.clear()  # bounded: removed nodes do not pile up
         self._templates[key] = template
@@ -383,6 +389,8 @@ class BootPolicy:
 class _Template(NamedTuple):
     node: Mapping[str, Any]
     pool: Mapping[str, Any] | None
+    kind: str
+    warning: str
     yiaddr: bytes
     file: bytes
     # Server id + boot options (proxy mode, INFORM); the same plus lease and network options.
