@@ -62,10 +62,12 @@ class ApiClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """``method`` on ``path`` (relative to the API URL); the decoded JSON answer or None (204)."""
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            response = self._http.request(method, path, params=params, json=json, headers=headers)
+            response = self._http.request(method, path, params=params, json=json, headers=headers, **extra)
         except httpx.TimeoutException:
             raise ApiRequestError(0, f"the API at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
@@ -104,7 +106,9 @@ class ApiClient:
         """One POST with a JSON list: the server adds them in batched transactions.
         ``minimal``: the answer holds only each object's uid and name."""
         headers = {"prefer": "return=minimal"} if minimal else None
-        return self.request("POST", self._path(kind), json=[dict(d) for d in docs], headers=headers)
+        # A large bulk add on etcd takes a while: allow about a second per 100 objects.
+        timeout = max(60.0, len(docs) / 100)
+        return self.request("POST", self._path(kind), json=[dict(d) for d in docs], headers=headers, timeout=timeout)
 
     def update_object(self, kind: str, ref: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", self._path(kind, ref), json=dict(patch))

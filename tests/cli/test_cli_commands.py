@@ -65,7 +65,8 @@ def test_bulk_add_json_from_stdin(api: ServedApi, capsys: pytest.CaptureFixture[
 
     docs = [{"index": i, "mac": f"52:54:00:00:01:{i:02x}"} for i in range(40)]
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(docs)))
-    assert ok(api, capsys, "nodes", "add", "--file", "-").strip() == "added 40 nodes: n[0-39]"
+    assert ok(api, capsys, "nodes", "add", "--file", "-", "--batch", "15").strip() == "added 40 nodes: n[0-39]"
+    assert len(json.loads(ok(api, capsys, "nodes", "ls", "--json"))) == 40
 
 
 def test_ranges_filters_show_update_rm(api: ServedApi, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
