@@ -52,7 +52,7 @@ def boot(stack: str, firmware: str, count: int, work: Path, files: BootFiles) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--firmware", choices=FIRMWARES[:2], default="bios")
+    parser.add_argument("--firmware", choices=FIRMWARES, default="bios")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
     kernel = fetch_kernel()

@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,35 +75,28 @@ def kernel_package() -> str:
 
 
 def fetch_kernel(cache: Path = DEFAULT_CACHE) -> Kernel:
-    """Download and unpack the Debian cloud kernel into ``cache`` (once; reruns reuse it)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    existing = sorted(cache.glob("kernel-*/boot/vmlinuz-*"))
-    package = None
-    if not existing:
-        package = kernel_package()
-    else:
+    """Download and unpack the Debian cloud kernel into ``cache`` (once; reruns reuse it).
+
+    ``apt-cache`` reads the local package lists (scripts/test.sh runs apt-get update), so a
+    rerun with the kernel already unpacked needs no network.
+    """
+    package = kernel_package()
+    version = package.removeprefix("linux-image-")
+    root = cache / f"kernel-{version}"
+    vmlinuz = root / "boot" / f"vmlinuz-{version}"
+    if not vmlinuz.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        # A private folder per download: two runs at once never see each other's half files.
+        work = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
         try:
-            package = kernel_package()
-        except (subprocess.CalledProcessError, RuntimeError, FileNotFoundError):
-            package = None  # offline: the cached kernel will do
-    if package is not None:
-        version = package.removeprefix("linux-image-")
-        root = cache / f"kernel-{version}"
-        vmlinuz = root / "boot" / f"vmlinuz-{version}"
-        if not vmlinuz.exists():
-            download = cache / "download"
-            download.mkdir(exist_ok=True)
-            _run(["apt-get", "download", package], cwd=download)
-            (deb,) = download.glob(f"{package}_*.deb")
-            partial = cache / f".partial-{version}"
-            shutil.rmtree(partial, ignore_errors=True)
-            _run(["dpkg-deb", "-x", str(deb), str(partial)])
-            partial.rename(root)
-            deb.unlink()
-        return Kernel(version, vmlinuz, root / "lib" / "modules" / version)
-    vmlinuz = existing[-1]
-    version = vmlinuz.name.removeprefix("vmlinuz-")
-    return Kernel(version, vmlinuz, vmlinuz.parent.parent / "lib" / "modules" / version)
+            _run(["apt-get", "download", package], cwd=work)
+            (deb,) = work.glob(f"{package}_*.deb")
+            _run(["dpkg-deb", "-x", str(deb), str(work / "tree")])
+            if not vmlinuz.exists():
+                (work / "tree").rename(root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return Kernel(version, vmlinuz, root / "lib" / "modules" / version)
 
 
 # -- the root filesystem the VMs switch into ---------------------------------------
