@@ -106,7 +106,7 @@ class Request:
         limit = self.limits.max_body_bytes
         declared = self.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise ApiError(400, f"bad Content-Length {declared[:40]!r}")
             if int(declared) > limit:
                 raise ApiError(413, f"request body of {declared} bytes is larger than the {limit}-byte limit")

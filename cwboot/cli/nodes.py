@@ -92,7 +92,10 @@ def _add(args: argparse.Namespace) -> int:
         raise CliError("give --index (and --mac), or --file with many nodes")
     with api_client(args) as client:
         created_one = client.create_object("node", single)
-        NODES.print_rows(args, client, [created_one])
+        if args.json:
+            print_json(created_one)
+        else:
+            NODES.print_rows(args, client, [created_one])
     return 0
 
 

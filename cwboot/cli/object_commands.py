@@ -183,7 +183,10 @@ def _add(spec: ObjectCommands, args: argparse.Namespace) -> int:
     doc = {"name": args.name, **parse_assignments(spec.kind, args.assignments), **spec.fields_from_options(args)}
     with api_client(args) as client:
         created = client.create_object(spec.kind, doc)
-        spec.print_rows(args, client, [created])
+        if args.json:
+            print_json(created)
+        else:
+            spec.print_rows(args, client, [created])
     return 0
 
 

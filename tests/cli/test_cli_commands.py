@@ -105,8 +105,9 @@ def test_boot_configs_pools_images_status_heads(api: ServedApi, capsys: pytest.C
     bc = json.loads(ok(api, capsys, "bootconfigs", "show", "compute", "--json"))
     assert bc["cmdline"] == "console=ttyS0 quiet" and bc["image"] == "rocky9"
 
-    ok(api, capsys, "pools", "add", "gpu", "--prefix", "g", "--network", "10.60.0.0/24", "--ip-offset", "10")
-    ok(api, capsys, "nodes", "add", "--index", "5", "--pool", "gpu")
+    pool = json.loads(ok(api, capsys, "pools", "add", "gpu", "--prefix", "g", "--network", "10.60.0.0/24", "--ip-offset", "10", "--json"))
+    assert pool["name"] == "gpu" and pool["ip_offset"] == 10
+    assert json.loads(ok(api, capsys, "nodes", "add", "--index", "5", "--pool", "gpu", "--json"))["name"] == "g5"
     assert "10.60.0.15" in ok(api, capsys, "nodes", "ls", "g5")
     assert ok(api, capsys, "pools", "ls").splitlines()[0].split()[:3] == ["NAME", "PREFIX", "FIRST_INDEX"]
 
