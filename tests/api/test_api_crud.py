@@ -1,5 +1,7 @@
 """CRUD through the REST API served by hypercorn over the embedded store."""
 
+import json
+
 import httpx
 
 from tests.api.harness import READER, ServedApi
@@ -142,3 +144,18 @@ def test_openapi_document_covers_every_kind_and_field(admin: httpx.Client) -> No
     assert node["index"]["maximum"] == 10**7
     assert doc["components"]["schemas"]["boot_config"]["properties"]["boot_style"]["enum"] == ["rwram", "roram", "overlay"]
     assert doc["paths"]["/api/v1/health"]["get"]["security"] == []
+
+
+def test_openapi_lists_every_route_and_every_ref_resolves(api: ServedApi, admin: httpx.Client) -> None:
+    import re
+
+    doc = admin.get("/api/v1/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc)):
+        assert ref in schemas
+    from cwboot.api.object_routes import collections
+
+    for collection in collections():
+        for method in ("get", "post"):
+            assert method in doc["paths"][f"/api/v1/{collection}"]
+    assert {"get"} <= set(doc["paths"]["/api/v1/openapi.json"])
