@@ -45,7 +45,7 @@ from typing import Any
 import trio
 
 from cwboot.policy.dhcp import BootPolicy, Enrol, NodeLookup, Reply, send_decision
-from cwboot.protocol.dhcp import BadPacket, build_reply, parse_untrusted
+from cwboot.protocol.dhcp import BadPacket, DhcpPacket, build_reply, parse_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,17 @@ class DhcpResponder:
             stats.dropped[f"bad packet: {exc}"] += 1
             return None
         try:
-            decision = self.policy.decide(request, self.lookup, boot_server=boot_server)
+            return self._answer(request, source, boot_server)
         except Exception:  # a bug or a broken cache entry must not stop the service
-            log.exception("dhcp: policy failed for %s", request.mac)
+            log.exception("dhcp: answering %s failed", request.mac)
             stats.dropped["internal error"] += 1
             return None
+
+    def _answer(
+        self, request: DhcpPacket, source: tuple[str, int], boot_server: bool
+    ) -> tuple[bytes, tuple[str, int]] | None:
+        stats = self.stats
+        decision = self.policy.decide(request, self.lookup, boot_server=boot_server)
         if type(decision) is not Reply:
             if type(decision) is Enrol:
                 if self.to_enrol is None:
@@ -228,8 +234,16 @@ async def _serve_socket(
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_when_cancelled)
+        # Its own limiter: this thread lives as long as the service and must not hold one of
+        # the default limiter's tokens that other to_thread users (the etcd client) share.
         await trio.to_thread.run_sync(
-            _serve_socket_blocking, sock, responder, boot_server, notify, stop
+            _serve_socket_blocking,
+            sock,
+            responder,
+            boot_server,
+            notify,
+            stop,
+            limiter=trio.CapacityLimiter(1),
         )
 
 

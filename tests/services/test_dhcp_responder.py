@@ -87,3 +87,26 @@ def check(data: bytes, mode: str, boot_server: bool) -> None:
         reply, (address, port) = out
         assert after[1] == before[1] + 1 and after[2] == before[2]
         assert parse_untrusted(reply).op == 2 and isinstance(address, str) and port in (67, 68)
+
+
+class BrokenCache:
+    """A lookup whose entries make the policy fail: a bug must be counted, not crash the loop."""
+
+    def node_by_mac(self, mac: str) -> dict[str, object]:
+        return {"name": 7, "mac": [mac]}  # name not a string
+
+    def get(self, kind: str, ref: str) -> None:
+        return None
+
+    def node_ip(self, node: object) -> str:
+        return "10.54.0.300"
+
+
+def test_a_broken_lookup_is_counted_as_internal_error() -> None:
+    stats = DhcpStats()
+    r = DhcpResponder(BootPolicy(head_address="10.54.0.1", http_port=8081), BrokenCache(), stats)  # type: ignore[arg-type]
+    assert (
+        r.respond(request_bytes(mac=MAC.hex(":"), options=[(53, b"\x01")]), ("0.0.0.0", 68), False)
+        is None
+    )
+    assert stats.dropped == {"internal error": 1}
