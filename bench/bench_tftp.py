@@ -114,40 +114,16 @@ def run_load(net: TftpNetns, addresses: list[str], remote: str, digest: str, opt
 
 def load_client(spec: dict[str, Any]) -> None:
     """Runs in the client namespace: every address fetches the file once, all at the same time."""
-    import socket
-
     import trio
 
-    from cwboot.protocol.tftp import ClientState, ReadClient
-    from cwboot.services.tftp import MAX_DATAGRAM
+    from cwboot.services.tftp import fetch_tftp
 
     results: list[dict[str, Any]] = []
 
     async def fetch(address: str) -> None:
-        client = ReadClient(spec["remote"], options=spec["options"], timeout=1.0, retries=5)
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            await sock.bind((address, 0))
-            server = (SERVER, 69)
-            first = True
-            out = client.start(trio.current_time())
-            while True:
-                for datagram in out.datagrams:
-                    await sock.sendto(datagram, server)
-                if client.finished:
-                    break
-                data = None
-                with trio.move_on_at(client.deadline or trio.current_time()):
-                    data, sender = await sock.recvfrom(MAX_DATAGRAM)
-                if data is None:
-                    out = client.timeout(trio.current_time())
-                    continue
-                if first:
-                    server, first = sender[:2], False
-                elif sender[:2] != server:
-                    continue
-                out = client.receive_untrusted(data, trio.current_time())
-        ok = client.state is ClientState.DONE and hashlib.sha256(client.data).hexdigest() == spec["digest"]
-        results.append({"ok": ok, "error": client.error, "retransmits": client.retransmits, "bytes": len(client.data)})
+        r = await fetch_tftp(SERVER, 69, spec["remote"], options=spec["options"], bind=address)
+        ok = r.ok and hashlib.sha256(r.data).hexdigest() == spec["digest"]
+        results.append({"ok": ok, "error": r.error, "retransmits": r.retransmits, "bytes": len(r.data)})
 
     async def main() -> float:
         started = trio.current_time()

@@ -37,7 +37,7 @@ import math
 import signal
 import socket as _socket
 import struct
-import sys
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,13 +193,15 @@ class _Service:
     async def listen(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         while True:
             try:
-                data, ancillary, _, peer = await sock.recvmsg(
+                data, ancillary, _, address = await sock.recvmsg(
                     MAX_DATAGRAM, _socket.CMSG_SPACE(IN_PKTINFO.size)
                 )
             except OSError as exc:
                 self.stats.drops[f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
                 continue
             self.stats.requests += 1
+            host, port = typing.cast(Peer, address)
+            peer: Peer = (host, port)
             try:
                 request = parse_request_untrusted(data)
             except BadPacket as exc:
@@ -383,6 +385,7 @@ async def fetch_tftp(
     timeout: float = 1.0,
     retries: int = 5,
     dally: float = 0.0,
+    bind: str = "0.0.0.0",
 ) -> FetchResult:
     """Read one file with the sans-IO ReadClient (tests and bench/bench_tftp.py's load).
 
@@ -393,7 +396,7 @@ async def fetch_tftp(
     client = ReadClient(filename, options=options, timeout=timeout, retries=retries)
     server: Peer | None = None
     with trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
-        await sock.bind(("0.0.0.0", 0))
+        await sock.bind((bind, 0))
         out = client.start(trio.current_time())
         await sock.sendto(out.datagrams[0], (address, port))
         linger_until = math.inf
@@ -465,4 +468,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
