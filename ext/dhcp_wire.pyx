@@ -140,7 +140,7 @@ def parse_untrusted(bytes data not None):
         if PyBytes_GET_SIZE(mt) != 1:
             raise BadPacket(ERR_MESSAGE_TYPE)
         message_type = (<const unsigned char*>PyBytes_AS_STRING(mt))[0]
-    return DhcpPacket(
+    return tuple.__new__(DhcpPacket, (
         p[0], p[1], hlen, p[3], _u32(p + OFF_XID), _u16(p + OFF_SECS), _u16(p + OFF_FLAGS),
         PyBytes_FromStringAndSize(<const char*>p + OFF_CIADDR, 4),
         PyBytes_FromStringAndSize(<const char*>p + OFF_YIADDR, 4),
@@ -148,7 +148,7 @@ def parse_untrusted(bytes data not None):
         PyBytes_FromStringAndSize(<const char*>p + OFF_GIADDR, 4),
         PyBytes_FromStringAndSize(<const char*>p + OFF_CHADDR, CHADDR_LEN),
         sname, file, options, message_type, _mac(p + OFF_CHADDR, hlen),
-    )
+    ))
 
 
 cdef inline Py_ssize_t _encoded_len(Py_ssize_t n) noexcept:

@@ -32,7 +32,7 @@ instances, RFC 3396 section 6), END, then PAD up to ``MIN_REPLY`` bytes
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # op(1) htype(1) hlen(1) hops(1) xid(4) secs(2) flags(2) ciaddr(4) yiaddr(4)
 # siaddr(4) giaddr(4) chaddr(16) sname(64) file(128) magic cookie(4)
@@ -119,9 +119,12 @@ class BadPacket(ValueError):
     """A datagram that is not a DHCPv4 packet we can read. The only error parse_untrusted raises."""
 
 
-@dataclass(slots=True)
-class DhcpPacket:
-    """One parsed DHCPv4 packet. Addresses are the 4 raw bytes; ``options`` maps code -> value."""
+class DhcpPacket(NamedTuple):
+    """One parsed DHCPv4 packet. Addresses are the 4 raw bytes; ``options`` maps code -> value.
+
+    A NamedTuple: the codecs build one per datagram with ``tuple.__new__``, several
+    times cheaper than a class ``__init__`` with 17 arguments.
+    """
 
     op: int
     htype: int
@@ -139,7 +142,7 @@ class DhcpPacket:
     # Raw fields (NUL padding kept); b"" when overloaded with options.
     sname: bytes
     file: bytes
-    options: dict[int, bytes] = field(default_factory=dict)
+    options: dict[int, bytes]
     # Option 53, 0 when absent (plain BOOTP).
-    message_type: int = 0
-    mac: str = ""
+    message_type: int
+    mac: str

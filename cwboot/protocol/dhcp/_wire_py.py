@@ -15,6 +15,7 @@ _HEADER = _spec.HEADER
 _END = _spec.OPT_END
 _PAD = _spec.OPT_PAD
 _OVERLOAD = _spec.OPT_OVERLOAD
+_new_packet = tuple.__new__
 
 
 def _parse_area(
@@ -71,8 +72,8 @@ def parse_untrusted(data: bytes) -> DhcpPacket:
             raise BadPacket(_spec.ERR_MESSAGE_TYPE)
         message_type = mt[0]
     mac = chaddr[:hlen].hex(":")
-    return DhcpPacket(op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr,
-                      chaddr, sname, file, options, message_type, mac)  # fmt: skip
+    return _new_packet(DhcpPacket, (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr,
+                                    giaddr, chaddr, sname, file, options, message_type, mac))  # fmt: skip
 
 
 def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
