@@ -146,7 +146,8 @@ def _normalized(tar: tarfile.TarFile, path: Path, arcname: str) -> tarfile.TarIn
     if info is None:  # socket
         return None
     info.uname = info.gname = ""
-    info.mtime = int(info.mtime)
+    # a symlink's own mtime is not kept by tar extraction (utime follows the link): 0 for all
+    info.mtime = 0 if info.issym() else int(info.mtime)
     if info.isdir():
         info.name = arcname  # no trailing slash in GNU headers from gettarinfo anyway
     return info

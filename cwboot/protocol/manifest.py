@@ -39,9 +39,9 @@ directory before its entries and the entries of a directory sorted by their
 name's bytes; paths relative without a leading './'; directories, regular
 files, symlinks, hard links (second and later paths of one inode), character
 and block devices and FIFOs; sockets are skipped. Kept: mode, numeric uid/gid,
-integer mtime, size, link target, device numbers. Dropped: user/group names,
-atime/ctime, extended attributes. Ends with tar's two zero blocks padded to a
-10240-byte record.
+integer mtime (0 for symlinks: extraction does not keep theirs), size, link
+target, device numbers. Dropped: user/group names, atime/ctime, extended
+attributes. Ends with tar's two zero blocks padded to a 10240-byte record.
 """
 
 CHUNK_ID_RE = re.compile(r"^[0-9a-f]{32}$")

@@ -39,6 +39,7 @@ def make_tree(root: Path, seed: int = 1, big: int = 300_000) -> Path:
     rnd = __import__("random").Random(seed)
     (root / "usr" / "bin" / "blob").write_bytes(bytes(rnd.getrandbits(8) for _ in range(big)))
     os.symlink("../usr/bin/tool", root / "etc" / "tool-link")
+    os.utime(root / "etc" / "tool-link", (1000, 1000), follow_symlinks=False)  # extraction drops it
     os.link(root / "etc" / "hostname", root / "etc" / "hostname.hard")
     os.mkfifo(root / "etc" / "fifo")
     (root / "empty").mkdir()
