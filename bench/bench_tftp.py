@@ -19,7 +19,8 @@ clients run in the other namespace pinned to CPU 1.
     per-peer cap stays at its default; firmware-like lockstep (blksize 1468,
     no windowsize) and windowsize 16. Reported: completed, failed (a client
     gave up: timeout or error), client retransmissions, wall time, aggregate
-    MiB/s, and the server's own counters.
+    MiB/s, the server's own counters and its CPU time (utime + stime from
+    /proc/PID/stat) per DATA packet sent.
 """
 
 from __future__ import annotations
@@ -72,12 +73,19 @@ def start_server(net: TftpNetns, kind: str, root: Path) -> tuple[subprocess.Pope
     return proc, {}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (ip netns exec and taskset exec into the server: same PID)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_server(net: TftpNetns, proc: subprocess.Popen[str], kind: str) -> dict[str, Any]:
+    cpu = cpu_seconds(proc.pid)
     net.kill(proc, signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     if kind == "cwboot" and out:
-        return json.loads(out.strip().splitlines()[-1])
-    return {}
+        return {**json.loads(out.strip().splitlines()[-1]), "cpu_seconds": cpu}
+    return {"cpu_seconds": cpu}
 
 
 def atftp_seconds(net: TftpNetns, remote: str, local: Path, windowsize: int, digest: str) -> float:
@@ -210,7 +218,8 @@ def main() -> None:
                 finally:
                     server_stats = stop_server(net, proc, "cwboot")
                 row["options"] = options
-                row["server"] = {k: server_stats.get(k) for k in ("outcomes", "drops", "retransmits", "packets_sent")}
+                row["server"] = {k: server_stats.get(k) for k in ("outcomes", "drops", "retransmits", "packets_sent", "cpu_seconds")}
+                row["server"]["cpu_us_per_packet_sent"] = round(1e6 * server_stats["cpu_seconds"] / server_stats["packets_sent"], 1)
                 report["load"].append(row)
                 print(json.dumps(row), file=sys.stderr)
     print(json.dumps(report, indent=1))

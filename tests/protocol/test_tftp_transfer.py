@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cwboot.protocol.tftp import (
     BytesSource,
@@ -322,3 +324,26 @@ def test_netascii_translates_line_ends() -> None:
     (datagram,) = transfer.start(0.0).datagrams
     packet = parse_packet_untrusted(datagram)
     assert isinstance(packet, DataPacket) and packet.payload == b"a\r\nb\r\0c"
+
+
+PEER_DATAGRAMS = st.one_of(
+    st.binary(max_size=40),
+    st.builds(build_ack, st.integers(0, 0xFFFF)),
+    st.builds(build_error, st.integers(0, 0xFFFF), st.text(max_size=10)),
+)
+
+
+@given(st.lists(PEER_DATAGRAMS, max_size=40), st.sampled_from(["1", "4"]))
+def test_any_datagrams_from_the_peer_never_raise(datagrams: list[bytes], windowsize: str) -> None:
+    """h11's fuzz invariant, for the transfer: whatever arrives, the core answers or ignores."""
+    request = ReadRequest("f", "octet", {"windowsize": windowsize, "blksize": "8"})
+    transfer = ReadTransfer(request, BytesSource(content_of(100)), limits=Limits(), now=0.0)
+    now = 0.0
+    transfer.start(now)
+    for datagram in datagrams:
+        now += 0.1
+        out = transfer.receive_untrusted(datagram, now)
+        assert out.deadline is None or out.deadline > now - 1
+        if transfer.deadline is not None and transfer.deadline <= now:
+            transfer.timeout(now)
+    assert transfer.stats.blocks_sent <= 100 // 8 + 1 + transfer.stats.retransmits
