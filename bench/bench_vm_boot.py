@@ -9,6 +9,7 @@ in the same run, more than the absolute numbers.
 Run as root (network namespace + tap devices):
 
     .venv/bin/python bench/bench_vm_boot.py                 # bios, 1 and 8 VMs, both stacks
+    .venv/bin/python bench/bench_vm_boot.py --rounds 3              # alternate, take medians
     .venv/bin/python bench/bench_vm_boot.py --firmware uefi-pxe --counts 1
 """
 
@@ -19,6 +20,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.vm.cwboot_head import CwbootHead, prepare_boot_files  # noqa: E402
 from tests.vm.harness import FIRMWARES, Netns, build_rootfs, fetch_kernel, start_vm, wait_all  # noqa: E402
 
 TIMEOUT = 600
+STACKS = ("baseline", "cwboot")
 
 
 def boot(stack: str, firmware: str, count: int, work: Path, files: BootFiles) -> list[float]:
@@ -54,44 +57,53 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--firmware", choices=FIRMWARES, default="bios")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat each pair of runs (stack order alternates)"
+    )
     args = parser.parse_args()
     kernel = fetch_kernel()
-    rows = []
+    times: dict[tuple[str, int], list[float]] = defaultdict(list)
+    failures: dict[tuple[str, int], int] = defaultdict(int)
     work = Path(tempfile.mkdtemp(prefix="cwboot-bench-vm-"))
-    try:
+    for r in range(args.rounds):
         for count in args.counts:
-            result = {}
-            for stack in ("baseline", "cwboot"):
+            stacks = STACKS if r % 2 == 0 else STACKS[::-1]
+            for stack in stacks:
                 # A fresh head state per run: no status or lease left over from the previous one.
-                state = work / f"{stack}-{count}" / "state"
-                files = prepare_boot_files(
-                    state, kernel, build_rootfs(work / f"{stack}-{count}" / "rootfs")
-                )
-                times = boot(stack, args.firmware, count, work / f"{stack}-{count}" / "vms", files)
-                result[stack] = times
-                print(
-                    f"{stack:8} {args.firmware} x{count}: " + " ".join(f"{t:.1f}" for t in times),
-                    flush=True,
-                )
-            rows.append((count, result))
-    except BaseException:
-        print(f"failed: serial consoles and server logs kept in {work}", file=sys.stderr)
-        raise
-    shutil.rmtree(work)
+                run = work / f"{stack}-{count}-{r}"
+                files = prepare_boot_files(run / "state", kernel, build_rootfs(run / "rootfs"))
+                try:
+                    got = boot(stack, args.firmware, count, run / "vms", files)
+                except (RuntimeError, TimeoutError) as exc:
+                    failures[stack, count] += 1
+                    print(f"{stack:8} {args.firmware} x{count}: FAILED: {exc}", flush=True)
+                    continue
+                times[stack, count] += got
+                shutil.rmtree(run)
+                line = " ".join(f"{t:.1f}" for t in got)
+                print(f"{stack:8} {args.firmware} x{count}: {line}", flush=True)
+    if failures:
+        print(f"serial consoles and server logs of the failed runs kept in {work}")
+    else:
+        shutil.rmtree(work)
     print()
-    print(f"seconds from VM start to up ({args.firmware}, TCG)")
+    print(f"seconds from VM start to up ({args.firmware}, TCG, {args.rounds} round(s))")
     print(
         "| VMs | dnsmasq + nginx median / max | cwboot median / max | cwboot / baseline (median) |"
     )
     print("|---:|---:|---:|---:|")
-    for count, result in rows:
-        b, c = result["baseline"], result["cwboot"]
-        ratio = statistics.median(c) / statistics.median(b)
-        print(
-            f"| {count} | {statistics.median(b):.1f} / {max(b):.1f} | "
-            f"{statistics.median(c):.1f} / {max(c):.1f} | {ratio:.2f} |"
-        )
-    return 0
+    for count in args.counts:
+        cells = []
+        for stack in STACKS:
+            t = times[stack, count]
+            failed = f" ({failures[stack, count]} run(s) failed)" if failures[stack, count] else ""
+            cells.append(
+                f"{statistics.median(t):.1f} / {max(t):.1f}{failed}" if t else f"-{failed}"
+            )
+        b, c = times["baseline", count], times["cwboot", count]
+        ratio = f"{statistics.median(c) / statistics.median(b):.2f}" if b and c else "-"
+        print(f"| {count} | {cells[0]} | {cells[1]} | {ratio} |")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
