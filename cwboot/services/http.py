@@ -74,7 +74,7 @@ class ImageSource(Protocol):
 
     def resolve(self, name: str, version: str = "latest") -> Manifest | None: ...
 
-    def chunk_path(self, cid: str) -> Path | None: ...
+    def chunk_path(self, cid: str) -> str | None: ...
 
     def file_path(self, ref: str) -> Path | None: ...
 
@@ -107,7 +107,7 @@ class _FileBody:
         self.path = path
         self.size = size
 
-    def pieces_for(self, start: int, stop: int) -> Iterable[tuple[Path | None, int, int]]:
+    def pieces_for(self, start: int, stop: int) -> Iterable[tuple[str | Path | None, int, int]]:
         return [(self.path, start, stop - start)]
 
 
@@ -119,7 +119,7 @@ class _StreamBody(_FileBody):
         self.images = images
         self.size = m.compressed_size
 
-    def pieces_for(self, start: int, stop: int) -> Iterable[tuple[Path | None, int, int]]:
+    def pieces_for(self, start: int, stop: int) -> Iterable[tuple[str | Path | None, int, int]]:
         for chunk, offset, length in self.manifest.slices(start, stop):
             yield self.images.chunk_path(chunk.id), offset, length
 
@@ -205,7 +205,8 @@ class _Engine:
             case ["images", name, version, ("stream" | "manifest" | "manifest.txt") as what]:
                 return self._image(name, version, what)
             case ["chunks", cid]:
-                found = self.images.chunk_path(cid)
+                chunk = self.images.chunk_path(cid)
+                found = Path(chunk) if chunk else None
                 reply = self._file(found, b"application/zstd", etag_id=cid)
                 reply.bulk = True
                 return reply
@@ -494,6 +495,7 @@ class _Connection:
                 self.engine.stats.drops["chunk missing mid-stream"] += 1
                 raise OSError(errno.ENOENT, "chunk missing")
             fd = os.open(path, os.O_RDONLY)
+            waited = False
             try:
                 end = offset + length
                 while offset < end:
@@ -502,6 +504,7 @@ class _Connection:
                     except BlockingIOError:
                         with trio.fail_after(SEND_STALL_TIMEOUT):
                             await trio.lowlevel.wait_writable(self.sock)
+                        waited = True
                         continue
                     if sent == 0:
                         raise OSError(errno.EPIPE, "file shorter than expected or peer gone")
@@ -509,7 +512,8 @@ class _Connection:
                     self.engine.stats.bytes_sent += sent
             finally:
                 os.close(fd)
-            await trio.lowlevel.checkpoint()
+            if not waited:  # a fast reader never blocks us: let the other connections run
+                await trio.lowlevel.checkpoint()
 
 
 _SNDTIMEO = struct.pack("ll", int(SEND_STALL_TIMEOUT), 0)
