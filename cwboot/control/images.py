@@ -297,12 +297,14 @@ class ImageStore:
     def chunk_file(self, cid: str) -> Path:
         return self.root / "chunks" / cid[:2] / f"{cid}.zst"
 
-    def chunk_path(self, cid: str) -> str | None:
-        """The stored frame of a chunk, or None (unknown, malformed id, or quarantined).
+    def chunk_path(self, cid: str) -> Path | None:
+        """The stored frame of a chunk, or None (unknown, malformed id, or quarantined)."""
+        p = self.chunk_fspath(cid)
+        return Path(p) if p is not None else None
 
-        A plain string: the HTTP engine calls this once per chunk it streams, and
-        building Path objects there was a measurable share of its CPU.
-        """
+    def chunk_fspath(self, cid: str) -> str | None:
+        """``chunk_path`` as a plain string: the HTTP engine calls it once per chunk it
+        streams, and building Path objects there was a measurable share of its CPU."""
         if not mf.CHUNK_ID_RE.match(cid):
             return None
         p = f"{self._chunks_dir}/{cid[:2]}/{cid}.zst"
@@ -813,4 +815,4 @@ def read_chunk(store: ImageStore, cid: str) -> bytes:
     path = store.chunk_path(cid)
     if path is None:
         raise ImageError(f"no chunk {cid}")
-    return zstandard.ZstdDecompressor().decompress(Path(path).read_bytes())
+    return zstandard.ZstdDecompressor().decompress(path.read_bytes())

@@ -74,7 +74,9 @@ class ImageSource(Protocol):
 
     def resolve(self, name: str, version: str = "latest") -> Manifest | None: ...
 
-    def chunk_path(self, cid: str) -> str | None: ...
+    def chunk_path(self, cid: str) -> Path | None: ...
+
+    def chunk_fspath(self, cid: str) -> str | None: ...
 
     def file_path(self, ref: str) -> Path | None: ...
 
@@ -121,7 +123,7 @@ class _StreamBody(_FileBody):
 
     def pieces_for(self, start: int, stop: int) -> Iterable[tuple[str | Path | None, int, int]]:
         for chunk, offset, length in self.manifest.slices(start, stop):
-            yield self.images.chunk_path(chunk.id), offset, length
+            yield self.images.chunk_fspath(chunk.id), offset, length
 
 
 @dataclass
@@ -205,8 +207,7 @@ class _Engine:
             case ["images", name, version, ("stream" | "manifest" | "manifest.txt") as what]:
                 return self._image(name, version, what)
             case ["chunks", cid]:
-                chunk = self.images.chunk_path(cid)
-                found = Path(chunk) if chunk else None
+                found = self.images.chunk_path(cid)
                 reply = self._file(found, b"application/zstd", etag_id=cid)
                 reply.bulk = True
                 return reply
