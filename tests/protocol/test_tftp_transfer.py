@@ -214,15 +214,32 @@ def test_bad_option_values_are_refused_with_error_8(options: dict[str, str]) -> 
 
 def test_timeout_option_sets_the_retransmission_interval() -> None:
     request = ReadRequest("f", "octet", {"timeout": "3"})
-    transfer = ReadTransfer(request, BytesSource(b"x" * 2000), limits=Limits(timeout=1.0), now=0.0)
+    transfer = ReadTransfer(request, BytesSource(b"x" * 20000), limits=Limits(timeout=1.0), now=0.0)
     assert transfer.start(10.0).deadline == 13.0
     assert transfer.timeout(12.9).datagrams == []
     assert transfer.timeout(13.0) == Output([build_oack({"timeout": "3"})], 19.0)
     # Exponential backoff (RFC 1123 §4.2.3.2), capped at 4x the timeout.
     assert transfer.timeout(19.0).deadline == 31.0
     assert transfer.timeout(31.0).deadline == 43.0
-    # Progress brings the interval back to the negotiated timeout.
-    assert transfer.receive_untrusted(build_ack(0), 44.0).deadline == 47.0
+    # Progress after retransmissions gives no RTT sample (Karn): the backed-off wait stays...
+    assert transfer.receive_untrusted(build_ack(0), 44.0).deadline == 56.0
+    # ...until a clean round trip (1 s here) brings it back to the negotiated timeout.
+    assert transfer.receive_untrusted(build_ack(1), 45.0).deadline == 48.0
+
+
+def test_retransmission_timeout_adapts_to_a_slow_client() -> None:
+    """RTT 2.4 s against a 1 s timeout: a few early retransmissions, then none."""
+    data = content_of(512 * 50)
+    link = LossyLink(seed=1, delay=1.2)
+    client, server, _ = run(
+        data,
+        options={"tsize": "0"},
+        link=link,
+        limits=Limits(timeout=1.0, retries=8),
+        client_retries=20,
+    )
+    assert bytes(client.data) == data
+    assert server.stats.retransmits <= 3
 
 
 def test_retransmits_are_bounded_then_the_transfer_fails() -> None:

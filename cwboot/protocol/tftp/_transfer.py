@@ -13,7 +13,8 @@ is the code; a (state, packet) pair missing from it is ignored and counted):
     SENDING        --ERROR-----------------------> FAILED, outcome PEER_ERROR
     any live state --deadline passed-------------> same state, retransmit
                      (the OACK, or the window from the first unacknowledged block);
-                     the wait doubles per timeout, up to 4x, until progress
+                     the wait is adaptive (RTT estimate, never below the
+                     negotiated timeout) and doubles per timeout, up to 4x
     any live state --more than `retries` timeouts-> FAILED, outcome TIMED_OUT
 
 Windows follow RFC 7440: after ACK k the server sends k+1 .. k+windowsize; an
@@ -110,11 +111,17 @@ class ReadTransfer:
         self._source = source
         self._limits = limits
         self._retries_left = limits.retries
-        # Seconds until the next retransmission: doubles on every timeout without
-        # progress, up to BACKOFF_CAP times the negotiated timeout (RFC 1123
-        # §4.2.3.2: exponential backoff), and falls back on progress. Without it
-        # a saturated head drowns in its own retransmitted windows.
+        # Seconds until the next retransmission (RFC 1123 §4.2.3.2: adaptive,
+        # with exponential backoff). On progress it is the retransmission
+        # timeout estimated from round trips (Jacobson/Karels; Karn: no sample
+        # from a retransmitted flight), never below the negotiated timeout;
+        # each timeout doubles it, up to BACKOFF_CAP times the negotiated
+        # timeout. Without this a saturated head, or a slow client, drowns in
+        # retransmitted windows.
         self._interval = 0.0
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._flight_sent_at: float | None = None
         self.deadline: float | None = None
         # Blocks are numbered 1.. without wrapping; `_base` is the first not yet
         # acknowledged, `_sent` the highest sent, `_last` the final one once known.
@@ -145,6 +152,7 @@ class ReadTransfer:
                 [self._fail(Outcome.REFUSED, self.refusal.code or 0, self.refusal.message, now)],
                 now,
             )
+        self._flight_sent_at = now
         if self.state is State.AWAIT_OACK_ACK:
             return self._output([self._count(build_oack(self.negotiated.oack))], now)
         return self._output(self._send_window(now), now)
@@ -171,13 +179,14 @@ class ReadTransfer:
                 [self._fail(Outcome.TIMED_OUT, ErrorCode.NOT_DEFINED, message, now)], now
             )
         self._retries_left -= 1
+        self._flight_sent_at = None  # Karn: this flight's ACK is no RTT sample
         self._interval = min(
             (self._interval or self.negotiated.timeout) * 2, self.negotiated.timeout * BACKOFF_CAP
         )
         if self.state is State.AWAIT_OACK_ACK:
             self.stats.retransmits += 1
             return self._output([self._count(build_oack(self.negotiated.oack))], now)
-        return self._output(self._send_window(now, restart=True), now)
+        return self._output(self._send_window(now), now)
 
     def reply_to_stray(self) -> bytes:
         """RFC 1350 §4: a packet from another port gets ERROR 5; this transfer goes on."""
@@ -195,7 +204,7 @@ class ReadTransfer:
             self._ignore("ack_before_oack_ack")
             return []
         self.state = State.SENDING
-        self._progress()
+        self._progress(now)
         return self._send_window(now)
 
     def _on_data_ack(self, packet: Packet, now: float) -> list[bytes]:
@@ -211,7 +220,7 @@ class ReadTransfer:
         for acked in range(self._base, block + 1):
             self._cache.pop(acked, None)
         self._base = block + 1
-        self._progress()
+        self._progress(now)
         if block == self._last:
             self.state = State.DONE
             self.outcome = Outcome.COMPLETED
@@ -241,9 +250,21 @@ class ReadTransfer:
 
     # -- helpers --
 
-    def _progress(self) -> None:
+    def _progress(self, now: float) -> None:
         self._retries_left = self._limits.retries
-        self._interval = self.negotiated.timeout
+        floor = self.negotiated.timeout
+        if self._flight_sent_at is None:
+            # Karn: keep the backed-off interval until a clean sample arrives.
+            self._interval = max(self._interval, floor)
+        else:
+            sample = now - self._flight_sent_at
+            if self._srtt is None:
+                self._srtt, self._rttvar = sample, sample / 2
+            else:
+                self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+                self._srtt = 0.875 * self._srtt + 0.125 * sample
+            self._interval = min(max(self._srtt + 4 * self._rttvar, floor), floor * BACKOFF_CAP)
+        self._flight_sent_at = now  # the next flight leaves now
 
     def _block(self, number: int) -> bytes:
         cached = self._cache.get(number)
@@ -258,7 +279,7 @@ class ReadTransfer:
         self._cache[number] = payload
         return payload
 
-    def _send_window(self, now: float, *, restart: bool = False) -> list[bytes]:
+    def _send_window(self, now: float) -> list[bytes]:
         out = []
         end = self._base + self.negotiated.windowsize
         number = self._base
