@@ -7,7 +7,9 @@ Captures (tests/protocol/golden/*.bin, made by the two capture scripts there):
   (capture_clients.py);
 - ``ipxe-bios-*``, ``ipxe-uefi-*``, ``uefi-pxe-*``: QEMU 7.2 (TCG) guests with
   SeaBIOS + Debian's iPXE ROM, OVMF + iPXE's EFI ROM, and OVMF's own PXE/HTTP
-  boot with no option ROM (capture_qemu.py).
+  boot with no option ROM: its PXE DISCOVER (``uefi-pxe-0``) and, after that timed
+  out, its UEFI HTTP boot DISCOVER (``uefi-pxe-1``, ``HTTPClient:Arch:00016``)
+  (capture_qemu.py).
 
 Each capture is decoded by both codecs (must be equal), then answered by the
 boot policy with both codecs building the reply (must be byte-identical); the
