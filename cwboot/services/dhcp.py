@@ -1,4 +1,4 @@
-"""The DHCP service: a thin trio loop around the codec (cwboot.protocol.dhcp) and the policy.
+"""The DHCP service: a thin loop around the codec (cwboot.protocol.dhcp) and the policy.
 
 ``serve_dhcp`` binds UDP port 67 (``dhcp.port``; and ``dhcp.proxy_port``,
 4011, in proxyDHCP mode), reports ``DhcpBound`` through ``task_status`` and
@@ -12,7 +12,8 @@ blocking I/O, so a burst is drained back to back without any trio scheduler
 round trip per packet (measured with perfdhcp at 5,000 DORA/s: 60 us of server
 CPU per DORA this way, 101 us with a trio loop that drained the socket in
 non-blocking batches after each wait_readable). The handler only reads the
-lookup (plain dict reads, atomic under the GIL) and counters; cancellation
+lookup (plain dict reads, atomic under the GIL) and writes the counters (in
+proxy mode two threads share them, so a count may rarely miss one); cancellation
 stops the thread within ``POLL_INTERVAL``. Enrolment requests go back into
 trio through the trio token.
 
@@ -49,8 +50,6 @@ from cwboot.protocol.dhcp import BadPacket, DhcpPacket, build_reply, parse_untru
 
 log = logging.getLogger(__name__)
 
-# Datagrams handled per wake-up before yielding to the scheduler.
-BATCH = 512
 # Unknown MACs waiting for the enrol task; more are dropped (counted) until it catches up.
 ENROL_QUEUE = 1024
 MAX_DATAGRAM = 4096
