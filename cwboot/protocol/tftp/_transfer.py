@@ -155,7 +155,7 @@ class ReadTransfer:
         self._flight_sent_at = now
         if self.state is State.AWAIT_OACK_ACK:
             return self._output([self._count(build_oack(self.negotiated.oack))], now)
-        return self._output(self._send_window(now), now)
+        return self._output(self._send_window(), now)
 
     def receive_untrusted(self, datagram: bytes, now: float) -> Output:
         """A datagram from the peer's transfer ID. Bad or unexpected ones are counted and ignored."""
@@ -186,7 +186,7 @@ class ReadTransfer:
         if self.state is State.AWAIT_OACK_ACK:
             self.stats.retransmits += 1
             return self._output([self._count(build_oack(self.negotiated.oack))], now)
-        return self._output(self._send_window(now), now)
+        return self._output(self._send_window(), now)
 
     def reply_to_stray(self) -> bytes:
         """RFC 1350 §4: a packet from another port gets ERROR 5; this transfer goes on."""
@@ -205,7 +205,7 @@ class ReadTransfer:
             return []
         self.state = State.SENDING
         self._progress(now)
-        return self._send_window(now)
+        return self._send_window()
 
     def _on_data_ack(self, packet: Packet, now: float) -> list[bytes]:
         assert isinstance(packet, Ack)
@@ -227,7 +227,7 @@ class ReadTransfer:
             self.stats.finished = now
             self.close()
             return []
-        return self._send_window(now)
+        return self._send_window()
 
     def _on_error_after_oack(self, packet: Packet, now: float) -> list[bytes]:
         assert isinstance(packet, Error)
@@ -279,7 +279,7 @@ class ReadTransfer:
         self._cache[number] = payload
         return payload
 
-    def _send_window(self, now: float) -> list[bytes]:
+    def _send_window(self) -> list[bytes]:
         out = []
         end = self._base + self.negotiated.windowsize
         number = self._base
