@@ -33,6 +33,7 @@ import collections
 import errno
 import http
 import json
+import logging
 import os
 import re
 import socket as _socket
@@ -51,6 +52,8 @@ from cwboot.config import Config
 from cwboot.control.objects import InvalidObject, normalize_mac
 from cwboot.protocol import http_range, ipxe
 from cwboot.protocol.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOADER_DIR = Path("/usr/lib/ipxe")
 IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may wait for its next request
@@ -397,6 +400,9 @@ class _Connection:
                 pass
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
             stats.drops["connection error"] += 1
+        except Exception:  # a bug must cost one connection, never the engine
+            stats.drops["internal error"] += 1
+            log.exception("HTTP connection failed")
         finally:
             self.sock.close()
 

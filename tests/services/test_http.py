@@ -312,3 +312,14 @@ def test_garbage_and_quarantined_chunks(server: Server) -> None:
     assert len(cut.stdout) == m.compressed_offsets[3]
     assert server.http.stats.drops["chunk missing mid-stream"] == 1
     assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 200  # still serving
+
+
+def test_a_failing_lookup_costs_one_connection_not_the_engine(server: Server) -> None:
+    def broken(mac: str) -> None:
+        raise RuntimeError("cache bug")
+
+    server.lookup.node_by_mac = broken  # type: ignore[method-assign]
+    r = curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01", check=False)
+    assert r.returncode != 0
+    assert server.http.stats.drops["internal error"] == 1
+    assert status_of(f"{server.url}/boot/kernel/vmlinuz") == 200
