@@ -47,7 +47,7 @@ def boot(stack: str, firmware: str, count: int, work: Path, files: BootFiles) ->
             up_macs = baseline.up_macs
         vms = [start_vm(netns, i, firmware, work) for i in range(count)]
         try:
-            return sorted(wait_all(vms, up_macs, TIMEOUT).values())
+            return sorted(wait_all(vms, up_macs, TIMEOUT, allow_dead=True).values())
         finally:
             for vm in vms:
                 vm.stop()
@@ -75,15 +75,19 @@ def main() -> int:
                 try:
                     got = boot(stack, args.firmware, count, run / "vms", files)
                 except (RuntimeError, TimeoutError) as exc:
-                    failures[stack, count] += 1
+                    failures[stack, count] += count
                     print(f"{stack:8} {args.firmware} x{count}: FAILED: {exc}", flush=True)
                     continue
                 times[stack, count] += got
-                shutil.rmtree(run)
                 line = " ".join(f"{t:.1f}" for t in got)
+                if len(got) < count:
+                    failures[stack, count] += count - len(got)
+                    line += f"  ({count - len(got)} VM(s) never up: logs in {run})"
+                else:
+                    shutil.rmtree(run)
                 print(f"{stack:8} {args.firmware} x{count}: {line}", flush=True)
     if failures:
-        print(f"serial consoles and server logs of the failed runs kept in {work}")
+        print(f"serial consoles and server logs of the runs with failed VMs kept in {work}")
     else:
         shutil.rmtree(work)
     print()
@@ -96,7 +100,7 @@ def main() -> int:
         cells = []
         for stack in STACKS:
             t = times[stack, count]
-            failed = f" ({failures[stack, count]} run(s) failed)" if failures[stack, count] else ""
+            failed = f" ({failures[stack, count]} VM(s) failed)" if failures[stack, count] else ""
             cells.append(
                 f"{statistics.median(t):.1f} / {max(t):.1f}{failed}" if t else f"-{failed}"
             )

@@ -283,12 +283,15 @@ def wait_until(done: Callable[[], bool], timeout: float, vm: Vm, what: str) -> f
         time.sleep(0.2)
 
 
-def wait_all(vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float) -> dict[str, float]:
+def wait_all(
+    vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float, *, allow_dead: bool = False
+) -> dict[str, float]:
     """Poll ``up_macs`` (MACs that reached ``up``) every 0.5 s; seconds from each VM's start to up.
 
     Raises TimeoutError naming the VMs still down after ``timeout`` seconds, or RuntimeError
     when one of them exited (powered off) ``EXIT_GRACE`` seconds ago without being seen up:
     the head records a report after answering it, so the last one may land just after poweroff.
+    With ``allow_dead`` such a VM is left out instead (the result lacks its MAC).
     """
     times: dict[str, float] = {}
     exited: dict[str, float] = {}
@@ -299,13 +302,14 @@ def wait_all(vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float) -> 
         for vm in vms:
             if vm.mac in up and vm.mac not in times:
                 times[vm.mac] = min(now, exited.get(vm.mac, now)) - vm.started
-        if len(times) == len(vms):
+        dead = {m for m, t in exited.items() if now - t > EXIT_GRACE and m not in times}
+        if len(times) + len(dead) == len(vms) and (allow_dead or not dead):
             return times
         for vm in vms:
             if vm.mac in times or vm.proc.poll() is None:
                 continue
             exited.setdefault(vm.mac, now)
-            if now - exited[vm.mac] > EXIT_GRACE:
+            if now - exited[vm.mac] > EXIT_GRACE and not allow_dead:
                 raise RuntimeError(
                     f"VM {vm.mac} ({vm.firmware}) exited (rc {vm.proc.returncode}) and never reported up; log {vm.log}"
                 )

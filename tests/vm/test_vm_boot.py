@@ -19,6 +19,7 @@ artifacts/vm/<test>/.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,26 @@ def boot_files(vm_workdir: Path, kernel: Kernel) -> BootFiles:
     return prepare_boot_files(vm_workdir / "state", kernel, build_rootfs(vm_workdir / "rootfs"))
 
 
-def stop_all(vms: list[Vm]) -> None:
-    for vm in vms:
-        vm.stop()
+# A known bug outside this suite (docs/vm-boot.md, "Needs from others"): under load,
+# mount_rootfs's blocking `exec 3> tar.fifo` is interrupted by a background report's
+# SIGCHLD and busybox ash gives up (EINTR). Only a failure whose console shows exactly
+# this is reported as xfail; any other failure fails. Remove once mount_rootfs is fixed.
+FIFO_EINTR = "can't create /tmp/cwboot/tar.fifo: Interrupted system call"
+
+
+def wait_all_or_known_bug(
+    vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float
+) -> dict[str, float]:
+    try:
+        return wait_all(vms, up_macs, timeout)
+    except (RuntimeError, TimeoutError):
+        hit = [vm.mac for vm in vms if FIFO_EINTR in vm.console()]
+        if hit:
+            pytest.xfail(f"mount_rootfs FIFO open interrupted (EINTR) on {', '.join(hit)}")
+        raise
+    finally:
+        for vm in vms:
+            vm.stop()
 
 
 # What each firmware path prints on its way to iPXE (proves which path the VM took).
@@ -72,15 +90,11 @@ def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
     with Netns(taps=count) as netns:
         head = CwbootHead(netns, workdir / "state", count)
         vms = [start_vm(netns, i, firmware, workdir) for i in range(count)]
-        try:
-            timeout = ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT
-            up = wait_all(
-                vms,
-                lambda: {m for m, s in head.statuses().items() if s.get("stage") == "up"},
-                timeout,
-            )
-        finally:
-            stop_all(vms)
+        up = wait_all_or_known_bug(
+            vms,
+            lambda: {m for m, s in head.statuses().items() if s.get("stage") == "up"},
+            ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT,
+        )
         statuses = head.statuses()
     for i, vm in enumerate(vms):
         status = statuses[vm.mac]
@@ -111,9 +125,6 @@ def test_baseline_dnsmasq_nginx_boots_the_same_files(
     with Netns(taps=1) as netns:
         baseline = Baseline(netns, vm_workdir, boot_files, 1)
         vm = start_vm(netns, 0, "bios", vm_workdir)
-        try:
-            wait_all([vm], baseline.up_macs, ONE_VM_TIMEOUT)
-        finally:
-            vm.stop()
+        wait_all_or_known_bug([vm], baseline.up_macs, ONE_VM_TIMEOUT)
     assert vm.mac == mac_for(0)
     check_console(vm, 0, netns, NGINX_PORT)
