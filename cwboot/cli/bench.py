@@ -42,7 +42,7 @@ def _options(args: argparse.Namespace, target: str) -> storm.StormOptions:
     return storm.StormOptions(
         nodes=args.nodes, image=args.image, kernel_mib=args.kernel_mib,
         initramfs_mib=args.initramfs_mib, target=target, running=running, netns=args.netns,
-        rate=args.rate, node=node, launch_rate=args.launch_rate, measure_floor=not args.no_floor,
+        rate=args.rate, node=node, launch_rate=args.launch_rate, power=args.power, measure_floor=not args.no_floor,
         head_settings=args.head_set or [], workdir=args.workdir,
     )  # fmt: skip
 
@@ -111,6 +111,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.0,
         help="nodes powered on per second (0: all at once)",
     )
+    p.add_argument("--power", choices=["", "ipmi"], default="",
+                   help="ipmi: power nodes on through cwboot's power service and simulated BMCs")  # fmt: skip
     p.add_argument(
         "--no-floor", action="store_true", help="skip the bare-sendfile floor measurement"
     )

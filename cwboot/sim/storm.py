@@ -89,6 +89,10 @@ class StormOptions:
     node: NodeConfig = field(default_factory=NodeConfig)
     # Power-on wave: nodes started per second (0: all at once).
     launch_rate: float = 0.0
+    # "ipmi": every node has a simulated BMC (cwboot.sim.bmc, loopback) and is powered on
+    # through cwboot's power service (IPMI over RMCP+, pyghmi workers); a node starts
+    # booting when its BMC's power-on hook fires. "": all nodes at once (launch_rate).
+    power: str = ""
     measure_floor: bool = True
     floor_connections: int = 32
     floor_bytes: int = 1 << 30
@@ -388,13 +392,59 @@ async def _storm(
     meter = ProcessMeter(pids)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(meter.run)
+        power_on = None
+        if options.power == "ipmi":
+            power_on = await nursery.start(_power_on_through_bmcs, options.nodes, first_index)
         swarm = await run_swarm(targets, options.nodes, config=options.node, digests=digests,
-                                launch_rate=options.launch_rate, first_index=first_index)  # fmt: skip
+                                launch_rate=options.launch_rate, first_index=first_index,
+                                power_on=power_on)  # fmt: skip
         nursery.cancel_scope.cancel()
     report = _report(options, link, swarm, meter.result(), fl)
     report.settings["image_chunks"] = len(m.chunks)
     report.settings["image_compressed_bytes"] = m.compressed_size
     return report
+
+
+async def _power_on_through_bmcs(
+    count: int,
+    first_index: int,
+    *,
+    task_status: trio.TaskStatus[trio.MemoryReceiveChannel[int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Simulated BMCs for nodes 0..count-1, powered on by cwboot's power service (one wave).
+
+    Each BMC's power-on hook sends its node's index to the channel handed to
+    ``task_status``; the swarm starts that node then. The power service reads
+    ``config.power`` defaults (budget, retries); its results are not needed:
+    a node that never powers on shows up as a failure of the storm.
+    """
+    from cwboot.config import PowerConfig
+    from cwboot.control.power import PowerRequest, serve_power
+    from cwboot.sim.bmc import make_bmcs, serve_bmcs
+
+    send, receive = trio.open_memory_channel[int](count)
+
+    def hook(bmc: Any, action: str) -> None:
+        if action in ("on", "cycle", "reset"):
+            send.send_nowait(int(bmc.name[3:]))
+
+    bmcs = make_bmcs(count, hook=hook)
+    async with trio.open_nursery() as nursery:
+        farm = await nursery.start(serve_bmcs, bmcs, "127.0.0.1")
+        opts = bmcs[0].options
+        docs = {
+            f"n{first_index + i}": {
+                "name": f"n{first_index + i}", "power_uri": f"ipmi://{opts.user}@127.0.0.1:{farm.ports[i]}",
+                "power_password": opts.password,
+            }
+            for i in range(count)
+        }  # fmt: skip
+        power = await nursery.start(serve_power, PowerConfig(), docs.get)
+        task_status.started(receive)
+        async with power.submit(list(docs), PowerRequest("on", bootdev="pxe")) as results:
+            async for _ in results:
+                pass
+        await trio.sleep_forever()
 
 
 async def run_storm(options: StormOptions) -> StormReport:

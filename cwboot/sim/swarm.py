@@ -103,8 +103,14 @@ async def run_swarm(
     launch_rate: float = 0.0,
     on_up: Callable[[NodeResult], None] | None = None,
     seed: int = 8,
+    power_on: trio.MemoryReceiveChannel[int] | None = None,
 ) -> SwarmResult:
-    """Boot ``count`` simulated nodes concurrently; returns when every one is up or has failed."""
+    """Boot ``count`` simulated nodes concurrently; returns when every one is up or has failed.
+
+    With ``power_on``, node ``i`` (0 <= i < count) starts only when ``i`` arrives
+    on the channel (a simulated BMC's power-on hook sends it); otherwise all
+    start at once, or ``launch_rate`` per second.
+    """
     cfg = config or NodeConfig()
     raw = targets.make_socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -142,7 +148,19 @@ async def run_swarm(
             outer.start_soon(relay.run)
             outer.start_soon(lag_monitor)
             async with trio.open_nursery() as nodes:
-                for i in range(count):
+                if power_on is not None:
+                    started: set[int] = set()
+                    with trio.move_on_after(cfg.deadline):
+                        async for i in power_on:
+                            if 0 <= i < count and i not in started:
+                                started.add(i)
+                                nodes.start_soon(one, i)
+                            if len(started) == count:
+                                break
+                    for i in set(range(count)) - started:
+                        index = first_index + i
+                        results.append(NodeResult(index, mac_for(index), error="never powered on"))
+                for i in range(count) if power_on is None else ():
                     nodes.start_soon(one, i)
                     if launch_rate > 0:
                         await trio.sleep(1.0 / launch_rate)

@@ -55,6 +55,14 @@ def test_storm_stream_mode_with_a_tight_stream_budget() -> None:
     assert report.waits > 0
 
 
+def test_storm_powered_on_through_ipmi() -> None:
+    """Each node boots when cwboot's power service has powered it on through its simulated BMC."""
+    options = StormOptions(nodes=12, image="synthetic:2", kernel_mib=0.5, initramfs_mib=0.5,
+                           measure_floor=False, power="ipmi")  # fmt: skip
+    report = trio.run(run_storm, options)
+    _check(report, 12)
+
+
 def test_demo_storm_through_a_head_in_this_process(tmp_path: Path) -> None:
     """What ``cwboot demo`` does: a head already running, nodes booted through it."""
     config = cwconfig.load(None, [
