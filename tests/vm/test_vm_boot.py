@@ -40,23 +40,12 @@ def boot_files(vm_workdir: Path, kernel: Kernel) -> BootFiles:
     return prepare_boot_files(vm_workdir / "state", kernel, build_rootfs(vm_workdir / "rootfs"))
 
 
-# A known bug outside this suite (docs/vm-boot.md, "Needs from others"): under load,
-# mount_rootfs's blocking `exec 3> tar.fifo` is interrupted by a background report's
-# SIGCHLD and busybox ash gives up (EINTR). Only a failure whose console shows exactly
-# this is reported as xfail; any other failure fails. Remove once mount_rootfs is fixed.
-FIFO_EINTR = "can't create /tmp/cwboot/tar.fifo: Interrupted system call"
-
-
-def wait_all_or_known_bug(
+def wait_and_stop(
     vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float
 ) -> dict[str, float]:
+    """``wait_all``, then every VM is killed by PID whatever happened."""
     try:
         return wait_all(vms, up_macs, timeout)
-    except (RuntimeError, TimeoutError):
-        hit = [vm.mac for vm in vms if FIFO_EINTR in vm.console()]
-        if hit:
-            pytest.xfail(f"mount_rootfs FIFO open interrupted (EINTR) on {', '.join(hit)}")
-        raise
     finally:
         for vm in vms:
             vm.stop()
@@ -90,7 +79,7 @@ def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
     with Netns(taps=count) as netns:
         head = CwbootHead(netns, workdir / "state", count)
         vms = [start_vm(netns, i, firmware, workdir) for i in range(count)]
-        up = wait_all_or_known_bug(
+        up = wait_and_stop(
             vms,
             lambda: {m for m, s in head.statuses().items() if s.get("stage") == "up"},
             ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT,
@@ -125,6 +114,6 @@ def test_baseline_dnsmasq_nginx_boots_the_same_files(
     with Netns(taps=1) as netns:
         baseline = Baseline(netns, vm_workdir, boot_files, 1)
         vm = start_vm(netns, 0, "bios", vm_workdir)
-        wait_all_or_known_bug([vm], baseline.up_macs, ONE_VM_TIMEOUT)
+        wait_and_stop([vm], baseline.up_macs, ONE_VM_TIMEOUT)
     assert vm.mac == mac_for(0)
     check_console(vm, 0, netns, NGINX_PORT)
