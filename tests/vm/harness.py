@@ -131,9 +131,6 @@ ROOTFS_APPLETS = (
     "grep", "sed", "ls", "tr", "cut", "tail", "sync", "ps", "df", "hostname",
 )  # fmt: skip
 
-# A file the test can look for to prove the VM ran this root filesystem, not something else.
-ROOTFS_MARKER = "etc/cwboot-test-rootfs"
-
 
 def _busybox() -> Path:
     path = Path("/bin/busybox")
@@ -154,7 +151,6 @@ def build_rootfs(dest: Path) -> Path:
     init = dest / "sbin" / "init"
     init.write_text(ROOTFS_INIT)
     init.chmod(0o755)
-    (dest / ROOTFS_MARKER).write_text("cwboot VM test root filesystem\n")
     (dest / "etc" / "hostname").write_text("cwtest\n")
     return dest
 
