@@ -38,16 +38,14 @@ def boot(stack: str, firmware: str, count: int, work: Path, files: BootFiles) ->
     """Seconds to ``up`` of each of ``count`` VMs started together."""
     work.mkdir(parents=True)
     with Netns(taps=count) as netns:
-        up_macs: Callable[[], set[str]]
+        up_times: Callable[[], dict[str, float]]
         if stack == "cwboot":
-            head = CwbootHead(netns, files.initramfs.parent, count)
-            up_macs = lambda: {m for m, s in head.statuses().items() if s.get("stage") == "up"}  # noqa: E731
+            up_times = CwbootHead(netns, files.initramfs.parent, count).up_times
         else:
-            baseline = Baseline(netns, work, files, count)
-            up_macs = baseline.up_macs
+            up_times = Baseline(netns, work, files, count).up_times
         vms = [start_vm(netns, i, firmware, work) for i in range(count)]
         try:
-            return sorted(wait_all(vms, up_macs, TIMEOUT, allow_dead=True).values())
+            return sorted(wait_all(vms, up_times, TIMEOUT, allow_dead=True).values())
         finally:
             for vm in vms:
                 vm.stop()

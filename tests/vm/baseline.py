@@ -4,7 +4,7 @@ It serves the very same kernel, cwboot initramfs and image chunks as cwboot does
 the URLs mount_rootfs asks for (``/images/NAME/VERSION/manifest.txt``, ``/chunks/ID``),
 so only the servers differ. Status reports (``POST /boot/status/<mac>``) are answered
 204 and land in nginx's access log; the root filesystem's own report (user agent
-``cwtest-rootfs``) is the node's ``up``.
+``cwtest-rootfs``, logged with its time) is the node's ``up``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from tests.vm.harness import IPXE_DIR, Netns, mac_for
 
 NGINX_PORT = 8090
-# nginx's combined log line of the root filesystem's report: its MAC.
+# The access log line of the root filesystem's report (log_format cwtest): time and MAC.
 _ROOTFS_REPORT = re.compile(
-    r'"POST /boot/status/([0-9a-f-]{17}) HTTP/1\.[01]" 204 \S+ "[^"]*" "cwtest-rootfs"'
+    r'^([0-9.]+) "POST /boot/status/([0-9a-f-]{17}) HTTP/1\.[01]" 204 "cwtest-rootfs"$', re.M
 )
 
 
@@ -94,7 +94,8 @@ pid {workdir}/nginx.pid;
 error_log {workdir}/nginx.error.log;
 events {{ worker_connections 256; }}
 http {{
-    access_log {self.access_log};
+    log_format cwtest '$msec "$request" $status "$http_user_agent"';
+    access_log {self.access_log} cwtest;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -154,9 +155,7 @@ log-facility={self.dnsmasq_log}
                 f"dnsmasq exited with {self.dnsmasq.returncode}; see {self.dnsmasq_log}"
             )
 
-    def up_macs(self) -> set[str]:
-        """MACs (aa:bb:...) whose root filesystem posted its ``up`` report."""
-        return {
-            m.replace("-", ":")
-            for m in _ROOTFS_REPORT.findall(self.access_log.read_text(errors="replace"))
-        }
+    def up_times(self) -> dict[str, float]:
+        """MAC (aa:bb:...) -> wall-clock time nginx logged that root filesystem's ``up`` report."""
+        log = self.access_log.read_text(errors="replace")
+        return {m.replace("-", ":"): float(t) for t, m in _ROOTFS_REPORT.findall(log)}

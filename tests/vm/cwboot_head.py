@@ -150,6 +150,10 @@ class CwbootHead:
         """Node status documents by MAC, as the REST API returns them."""
         return {s["mac"]: s for s in self.api("GET", "/status") if s.get("mac")}
 
-    def stage(self, mac: str) -> str:
-        """The last stage node ``mac`` reported ("" before its first report)."""
-        return self.statuses().get(mac, {}).get("stage", "")
+    def up_times(self) -> dict[str, float]:
+        """MAC -> wall-clock time the head recorded the node's ``up`` (its status ``phases``)."""
+        return {
+            mac: s["phases"]["up"]
+            for mac, s in self.statuses().items()
+            if s.get("stage") == "up" and "up" in s.get("phases", {})
+        }

@@ -244,7 +244,9 @@ class Vm:
     firmware: str
     log: Path
     proc: subprocess.Popen[bytes]
+    # time.monotonic() (timeouts) and time.time() (compared with the servers' report times).
     started: float
+    started_wall: float
 
     def console(self) -> str:
         try:
@@ -252,38 +254,21 @@ class Vm:
         except FileNotFoundError:
             return ""
 
-    def wait_console(self, needle: str, timeout: float) -> float:
-        """Seconds from VM start until ``needle`` shows on the serial console; TimeoutError if not."""
-        return wait_until(
-            lambda: needle in self.console(), timeout, self, f"{needle!r} on the console"
-        )
-
     def stop(self) -> None:
         kill(self.proc)
 
 
-def wait_until(done: Callable[[], bool], timeout: float, vm: Vm, what: str) -> float:
-    """Poll ``done`` every 0.2 s; seconds since ``vm`` started when it holds."""
-    deadline = vm.started + timeout
-    while True:
-        if done():
-            return time.monotonic() - vm.started
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"VM {vm.mac} ({vm.firmware}): no {what} within {timeout:.0f} s; log {vm.log}"
-            )
-        if vm.proc.poll() is not None and not done():
-            raise RuntimeError(
-                f"VM {vm.mac} ({vm.firmware}) exited (rc {vm.proc.returncode}) before {what}; log {vm.log}"
-            )
-        time.sleep(0.2)
-
-
 def wait_all(
-    vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float, *, allow_dead: bool = False
+    vms: list[Vm],
+    up_times: Callable[[], dict[str, float]],
+    timeout: float,
+    *,
+    allow_dead: bool = False,
 ) -> dict[str, float]:
-    """Poll ``up_macs`` (MACs that reached ``up``) every 0.5 s; seconds from each VM's start to up.
+    """Seconds from each VM's start to its ``up``, polling ``up_times`` every 0.5 s.
 
+    ``up_times`` maps the MAC of every node that reported ``up`` to the wall-clock time the
+    server recorded the report (so how often this polls does not change the figure).
     Raises TimeoutError naming the VMs still down after ``timeout`` seconds, or RuntimeError
     when one of them exited (powered off) ``EXIT_GRACE`` seconds ago without being seen up:
     the head records a report after answering it, so the last one may land just after poweroff.
@@ -293,11 +278,11 @@ def wait_all(
     exited: dict[str, float] = {}
     deadline = min(vm.started for vm in vms) + timeout
     while True:
-        up = up_macs()
+        up = up_times()
         now = time.monotonic()
         for vm in vms:
             if vm.mac in up and vm.mac not in times:
-                times[vm.mac] = min(now, exited.get(vm.mac, now)) - vm.started
+                times[vm.mac] = up[vm.mac] - vm.started_wall
         dead = {m for m, t in exited.items() if now - t > EXIT_GRACE and m not in times}
         if len(times) + len(dead) == len(vms) and (allow_dead or not dead):
             return times
@@ -361,7 +346,7 @@ def start_vm(netns: Netns, index: int, firmware: str, workdir: Path, memory_mib:
         vars_copy = workdir / f"vm{index}-OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, vars_copy)
     cmd = qemu_command(mac, netns.taps[index], firmware, log, vars_copy, memory_mib)
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     with (workdir / f"vm{index}.qemu.stderr").open("wb") as stderr:
         proc = netns.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-    return Vm(mac, firmware, log, proc, started)
+    return Vm(mac, firmware, log, proc, started, started_wall)

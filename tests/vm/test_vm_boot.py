@@ -41,11 +41,11 @@ def boot_files(vm_workdir: Path, kernel: Kernel) -> BootFiles:
 
 
 def wait_and_stop(
-    vms: list[Vm], up_macs: Callable[[], set[str]], timeout: float
+    vms: list[Vm], up_times: Callable[[], dict[str, float]], timeout: float
 ) -> dict[str, float]:
     """``wait_all``, then every VM is killed by PID whatever happened."""
     try:
-        return wait_all(vms, up_macs, timeout)
+        return wait_all(vms, up_times, timeout)
     finally:
         for vm in vms:
             vm.stop()
@@ -79,11 +79,7 @@ def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
     with Netns(taps=count) as netns:
         head = CwbootHead(netns, workdir / "state", count)
         vms = [start_vm(netns, i, firmware, workdir) for i in range(count)]
-        up = wait_and_stop(
-            vms,
-            lambda: {m for m, s in head.statuses().items() if s.get("stage") == "up"},
-            ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT,
-        )
+        up = wait_and_stop(vms, head.up_times, ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT)
         statuses = head.statuses()
     for i, vm in enumerate(vms):
         status = statuses[vm.mac]
@@ -114,6 +110,6 @@ def test_baseline_dnsmasq_nginx_boots_the_same_files(
     with Netns(taps=1) as netns:
         baseline = Baseline(netns, vm_workdir, boot_files, 1)
         vm = start_vm(netns, 0, "bios", vm_workdir)
-        wait_and_stop([vm], baseline.up_macs, ONE_VM_TIMEOUT)
+        wait_and_stop([vm], baseline.up_times, ONE_VM_TIMEOUT)
     assert vm.mac == mac_for(0)
     check_console(vm, 0, netns, NGINX_PORT)
