@@ -112,8 +112,12 @@ class HttpConfig:
     enabled: bool = True
     listen: str = "0.0.0.0"
     port: int = 8081
-    # Admission control: concurrent rootfs streams; beyond it nodes are asked to wait.
+    # Admission control: concurrent rootfs streams and chunk answers. A request beyond
+    # it queues (first come, first served) for up to max_wait seconds; past that, or
+    # with max_queued requests already waiting, it gets 503 + Retry-After.
     max_streams: int = 256
+    max_wait: float = 10.0
+    max_queued: int = 8192
 
 
 @dataclass

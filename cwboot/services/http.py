@@ -23,8 +23,12 @@ URL layout (``GET`` and ``HEAD`` unless noted; docs/images.md has the details):
 Every static answer has an ETag (content-addressed ids, or a hash of the
 manifest for streams) and honours If-None-Match (304) and single Range
 requests (206/416; cwboot.protocol.http_range). Streams and chunks count
-against ``http.max_streams``; beyond it the answer is ``503`` with
-``Retry-After`` (mount_rootfs waits that long plus jitter).
+against ``http.max_streams``: beyond it a request queues, first come first
+served, for up to ``http.max_wait`` seconds; only when that wait expires (or
+``http.max_queued`` requests already wait) is the answer ``503`` with
+``Retry-After`` (mount_rootfs waits that long plus jitter). Queueing keeps the
+link busy: a refused node sleeps seconds, a queued one starts the moment a
+slot frees.
 """
 
 from __future__ import annotations
@@ -181,10 +185,33 @@ class _Engine:
         # None: bulk bodies are sent from the trio thread; a limiter: from up to that many worker threads
         self.bulk_threads: trio.CapacityLimiter | None = None
         self.max_streams = config.http.max_streams
+        self.max_wait = config.http.max_wait
+        self.max_queued = config.http.max_queued
+        # trio's Semaphore wakes waiters in FIFO order: no node starves.
+        self.stream_slots = trio.Semaphore(max(config.http.max_streams, 0))
         self._etags: dict[tuple[str, str], tuple[Manifest, bytes]] = {}
         self.reports: trio.MemorySendChannel[tuple[str, dict[str, str]]]
         self.reports_rx: trio.MemoryReceiveChannel[tuple[str, dict[str, str]]]
         self.reports, self.reports_rx = trio.open_memory_channel(MAX_PENDING_REPORTS)
+
+    # -- admission control
+
+    async def admit(self) -> str | None:
+        """Take a stream slot, queueing up to ``max_wait`` s; None, or why the request is refused."""
+        slots = self.stream_slots
+        if self.max_streams <= 0:
+            return "max_streams is 0 (503)"
+        if slots.value == 0 and slots.statistics().tasks_waiting >= self.max_queued:
+            return "admission queue full (503)"
+        with trio.move_on_after(self.max_wait):
+            await slots.acquire()
+            self.stats.active_streams += 1
+            return None
+        return "admission wait expired (503)"
+
+    def release(self) -> None:
+        self.stats.active_streams -= 1
+        self.stream_slots.release()
 
     # -- routing (pure with respect to the socket)
 
@@ -434,18 +461,18 @@ class _Connection:
         reply = engine.route(request.method, request.target, body, headers)
         admitted = False
         if reply.bulk and reply.status == 200:
-            if engine.stats.active_streams >= engine.max_streams:
-                engine.stats.drops["max_streams reached (503)"] += 1
+            refusal = await engine.admit()
+            if refusal is None:
+                admitted = True
+            else:
+                engine.stats.drops[refusal] += 1
                 reply = _text(503, "busy, retry later\n")
                 reply.headers.append((b"retry-after", str(RETRY_AFTER).encode()))
-            else:
-                engine.stats.active_streams += 1
-                admitted = True
         try:
             await self._send_reply(request, headers, reply)
         finally:
             if admitted:
-                engine.stats.active_streams -= 1
+                engine.release()
 
     async def _send_reply(
         self, request: h11.Request, headers: dict[bytes, bytes], reply: _Reply

@@ -78,6 +78,7 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     config.http.listen = "127.0.0.1"
     config.http.port = 0
     config.http.max_streams = 4
+    config.http.max_wait = 0.5  # short queueing so the 503 path is reached quickly
     loaders = tmp_path / "loaders"
     loaders.mkdir()
     (loaders / "ipxe.efi").write_bytes(b"MZ" + os.urandom(1000))
@@ -259,6 +260,7 @@ def test_max_streams_answers_503_with_retry_after(server: Server, tmp_path: Path
             time.sleep(0.01)
         r = curl("-D", "-", "-o", "/dev/null", f"{server.url}/chunks/{m.chunks[0].id}")
         assert b" 503 " in r.stdout and b"retry-after: 2" in r.stdout.lower()
+        assert server.http.stats.drops["admission wait expired (503)"] >= 1
         assert (
             status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 200
         )  # scripts are not streams
@@ -270,6 +272,40 @@ def test_max_streams_answers_503_with_retry_after(server: Server, tmp_path: Path
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert status_of(f"{server.url}/chunks/{m.chunks[0].id}") == 200
+
+
+def test_a_request_over_the_budget_queues_and_is_served_when_a_slot_frees(
+    server: Server, tmp_path: Path
+) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "random").write_bytes(os.urandom(32 << 20))
+    server.store.import_tree("big", big)
+    m = server.store.resolve("img")
+    assert m is not None
+    socks = []
+    try:
+        for _ in range(4):  # every stream slot held by a reader that never reads
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(b"GET /images/big/1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        deadline = time.monotonic() + 10
+        while server.http.stats.active_streams < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        waiting = subprocess.Popen(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{server.url}/chunks/{m.chunks[0].id}"],
+            stdout=subprocess.PIPE,
+        )
+        time.sleep(0.2)  # queued, inside max_wait (0.5 s)
+        socks.pop().close()  # one slot frees: the queued request takes it
+        out, _ = waiting.communicate(timeout=10)
+        assert out == b"200"
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_status_reports_reach_the_callback(server: Server) -> None:

@@ -48,7 +48,8 @@ def test_storm_50_nodes_through_a_head() -> None:
 def test_storm_stream_mode_with_a_tight_stream_budget() -> None:
     """Over the head's stream budget nodes are told to wait (503 + Retry-After), never dropped."""
     options = StormOptions(nodes=30, image="synthetic:4", kernel_mib=0.5, initramfs_mib=0.5,
-                           measure_floor=False, head_settings=["http.max_streams=2"])  # fmt: skip
+                           measure_floor=False,
+                           head_settings=["http.max_streams=2", "http.max_queued=1", "http.max_wait=0.5"])  # fmt: skip
     options.node.rootfs = "stream"
     report = trio.run(run_storm, options)
     _check(report, 30)
