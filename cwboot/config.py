@@ -105,6 +105,10 @@ class TftpConfig:
     max_blksize: int = 1468
     # RFC 7440 windows larger than this are answered with this value.
     max_windowsize: int = 64
+    # Serve TFTP from a child process with its own event loop: lockstep transfers are
+    # bound by round-trip latency, which suffers when the head's loop is busy streaming
+    # rootfs chunks in a storm. (Per-transfer statistics then stay in that process.)
+    own_process: bool = False
 
 
 @dataclass

@@ -12,9 +12,12 @@ real ports. The data plane reads only the cache; the two writes a boot makes
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import trio
 from cwboot.api.app import create_app
 from cwboot.api.power import power_routes
 from cwboot.api.server import serve_api
-from cwboot.config import Config
+from cwboot.config import Config, TftpConfig
 from cwboot.control.cache import ObjectCache
 from cwboot.control.images import ImageStore
 from cwboot.control.objects import Conflict, NotFound, ObjectError
@@ -131,6 +134,45 @@ async def keep_registered(
             await trio.sleep(1)
 
 
+@dataclass
+class TftpProcess:
+    """A TFTP service running in a child process (``tftp.own_process``)."""
+
+    address: str
+    port: int
+    pid: int
+
+
+# TftpConfig fields handed to the child as --set KEY=VALUE (numbers only: its parser casts by type).
+_TFTP_CHILD_SETTINGS = ("max_transfers", "max_transfers_per_peer", "timeout", "retries", "max_blksize", "max_windowsize")
+
+
+async def serve_tftp_process(
+    config: TftpConfig, *, root: str, task_status: trio.TaskStatus[TftpProcess] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``python -m cwboot.services.tftp`` as a child until cancelled (then it is killed by PID)."""
+    args = [sys.executable, "-m", "cwboot.services.tftp", "--root", root,
+            "--listen", config.listen, "--port", str(config.port)]  # fmt: skip
+    for name in _TFTP_CHILD_SETTINGS:
+        args += ["--set", f"{name}={getattr(config, name)}"]
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(
+            functools.partial(trio.run_process, args, stdout=subprocess.PIPE, check=False)
+        )
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                data = await proc.stdout.receive_some(4096)
+                if not data:
+                    raise RuntimeError(f"the TFTP process exited ({await proc.wait()}) before binding")
+                line += data
+        bound = json.loads(line.splitlines()[0])
+        task_status.started(TftpProcess(bound["address"], bound["port"], proc.pid))
+        code = await proc.wait()
+        raise RuntimeError(f"the TFTP process (pid {proc.pid}) exited with status {code}")
+
+
 def live_head_urls(cache: ObjectCache, own_url: str) -> Sequence[str]:
     """Base HTTP URLs of every live head, this one first (scripts hand nodes all of them)."""
     others = sorted(h["http_url"] for h in cache.all("head") if h.get("http_url") and h["http_url"] != own_url)
@@ -166,7 +208,12 @@ async def run_head(config: Config, *, task_status: trio.TaskStatus[HeadPorts] = 
                 )
                 ports.http, ports.services["http"] = http.port, http
                 own_url = f"http://{ports.address}:{http.port}"
-            if config.tftp.enabled:
+            if config.tftp.enabled and config.tftp.own_process:
+                tftp = await nursery.start(
+                    functools.partial(serve_tftp_process, config.tftp, root=str(config.tftp_root))
+                )
+                ports.tftp, ports.services["tftp"] = tftp.port, tftp
+            elif config.tftp.enabled:
                 tftp = await nursery.start(functools.partial(serve_tftp, config.tftp, root=config.tftp_root))
                 ports.tftp, ports.services["tftp"] = tftp.port, tftp
             if config.dhcp.enabled:

@@ -9,6 +9,7 @@ address from DHCP.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import socket
 import struct
@@ -137,3 +138,34 @@ async def _restart_keeps_objects(tmp_path: Path) -> None:
                     r = await client.get(f"{api}/boot_configs/keep")
                     assert r.status_code == 200 and r.json()["cmdline"] == "quiet"
             nursery.cancel_scope.cancel()
+
+
+def test_tftp_in_its_own_process_serves_the_loader_and_dies_with_the_head(tmp_path: Path) -> None:
+    trio.run(_tftp_own_process, tmp_path)
+
+
+async def _tftp_own_process(tmp_path: Path) -> None:
+    from cwboot.services.tftp import fetch_tftp
+
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "hello.bin").write_bytes(bytes(range(256)) * 300)
+    cfg = head_config(tmp_path / "state", **{"tftp.own_process": "true", "tftp.root": repr(str(root)),
+                                             "dhcp.enabled": "false", "api.enabled": "false"})  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        ports: HeadPorts = await nursery.start(functools.partial(run_head, cfg))
+        child = ports.services["tftp"]
+        assert child.pid != os.getpid() and ports.tftp == child.port
+        result = await fetch_tftp("127.0.0.1", ports.tftp, "hello.bin", options={"blksize": "1024"})
+        assert result.ok and result.data == bytes(range(256)) * 300
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(10):
+        while os.path.exists(f"/proc/{child.pid}") and "Z" not in _state(child.pid):
+            await trio.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
