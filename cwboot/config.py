@@ -108,7 +108,7 @@ class TftpConfig:
     # Serve TFTP from a child process with its own event loop: lockstep transfers are
     # bound by round-trip latency, which suffers when the head's loop is busy streaming
     # rootfs chunks in a storm. (Per-transfer statistics then stay in that process.)
-    own_process: bool = False
+    own_process: bool = True
 
 
 @dataclass
