@@ -112,7 +112,8 @@ grep -q " /dev " /proc/mounts || mount -t devtmpfs devtmpfs /dev
 arg() { tr ' ' '\\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -n 1; }
 mac=$(arg cwboot.mac)
 heads=$(arg cwboot.heads | tr ',' ' ')
-echo "cwtest-rootfs: real root is up on $mac after $(cut -d' ' -f1 /proc/uptime) s"
+root=$(grep ' / ' /proc/mounts | tail -n 1 | cut -d' ' -f3)
+echo "cwtest-rootfs: real root ($root) is up on $mac after $(cut -d' ' -f1 /proc/uptime) s"
 ok=0
 for try in 1 2 3 4 5 6 7 8 9 10; do
     for head in $heads; do

@@ -63,7 +63,7 @@ FIRMWARE_MARKERS = {
 }
 
 
-def check_console(vm: Vm, index: int, netns: Netns, http_port: int) -> None:
+def check_console(vm: Vm, index: int, netns: Netns, http_port: int, root: str = "tmpfs") -> None:
     """The serial console shows the firmware path, mount_rootfs's steps and the image's own init."""
     console = vm.console()
     dashed = vm.mac.replace(":", "-")
@@ -72,12 +72,12 @@ def check_console(vm: Vm, index: int, netns: Netns, http_port: int) -> None:
     assert f"cwboot: network up on eth0: {netns.ip_for(index)}/24" in console
     assert re.search(r"cwboot: unpacked \d+ chunks", console)
     assert "cwboot: switch_root to /sbin/init" in console
-    assert f"cwtest-rootfs: real root is up on {dashed}" in console
+    assert f"cwtest-rootfs: real root ({root}) is up on {dashed}" in console
 
 
-def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
+def boot_through_cwboot(workdir: Path, firmware: str, count: int, style: str = "rwram") -> None:
     with Netns(taps=count) as netns:
-        head = CwbootHead(netns, workdir / "state", count)
+        head = CwbootHead(netns, workdir / "state", count, boot_style=style)
         vms = [start_vm(netns, i, firmware, workdir) for i in range(count)]
         up = wait_and_stop(vms, head.up_times, ONE_VM_TIMEOUT if count == 1 else EIGHT_VM_TIMEOUT)
         statuses = head.statuses()
@@ -86,7 +86,7 @@ def boot_through_cwboot(workdir: Path, firmware: str, count: int) -> None:
         assert status["name"] == f"n{i}" and status["stage"] == "up"
         phases = status["phases"]
         assert phases["initramfs"] <= phases["fetching"] <= phases["switch_root"] <= phases["up"]
-        check_console(vm, i, netns, HTTP_PORT)
+        check_console(vm, i, netns, HTTP_PORT, root="overlay" if style == "overlay" else "tmpfs")
     print(
         f"{firmware} x{count} through cwboot: seconds to up {sorted(round(t, 1) for t in up.values())}"
     )
@@ -97,6 +97,11 @@ def test_one_vm_boots_to_up_through_cwboot(
     firmware: str, vm_workdir: Path, boot_files: BootFiles
 ) -> None:
     boot_through_cwboot(vm_workdir, firmware, 1)
+
+
+def test_overlay_boot_style_through_cwboot(vm_workdir: Path, boot_files: BootFiles) -> None:
+    """boot_style overlay: read-only image under a tmpfs upper layer (overlay module loaded)."""
+    boot_through_cwboot(vm_workdir, "bios", 1, style="overlay")
 
 
 @pytest.mark.slow
