@@ -65,7 +65,9 @@ class HeadPorts:
         if self.http:
             lines.append(f"HTTP   tcp http://{self.address}:{self.http}/  (iPXE scripts, kernels, images)")
         if self.api:
-            lines.append(f"API    tcp http://{self.address}:{self.api}/api/v1/  (REST; OpenAPI at /api/v1/openapi.json)")
+            api = self.services.get("api")
+            url = api.url if api is not None else f"http://{self.address}:{self.api}"
+            lines.append(f"API    tcp {url}/api/v1/  (REST; OpenAPI at /api/v1/openapi.json)")
         return lines
 
 

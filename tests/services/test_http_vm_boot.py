@@ -26,6 +26,7 @@ from cwboot.config import Config
 from cwboot.control.images import ImageStore
 from cwboot.control.initramfs import build_initramfs, fetch_debian_kernel
 from cwboot.services.http import serve_http
+from tests.vm.harness import DEFAULT_CACHE
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -58,7 +59,7 @@ def tiny_rootfs(root: Path) -> Path:
 
 
 def test_overlay_boot_fails_over_and_rejects_a_corrupt_chunk(tmp_path: Path) -> None:
-    kernel = fetch_debian_kernel(tmp_path / "kernel")
+    kernel = fetch_debian_kernel(DEFAULT_CACHE / "generic-kernel")  # cached across runs, like tests/vm
     initrd = tmp_path / "initramfs.gz"
     build_initramfs(initrd, kernel_modules=kernel.modules_dir)
     tree = tiny_rootfs(tmp_path / "tree")
