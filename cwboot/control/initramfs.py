@@ -34,6 +34,8 @@ from pathlib import Path
 import zstandard
 
 DEFAULT_MODULES = ("virtio_pci", "virtio_net", "e1000", "e1000e", "overlay")
+# NIC drivers a kernel may simply not ship (Debian's cloud kernel has no e1000): skipped when absent.
+OPTIONAL_MODULES = frozenset({"e1000", "e1000e"})
 DEFAULT_BINARIES = ("/usr/bin/zstd", "/usr/bin/xxhsum")
 DEFAULT_BUSYBOX = Path("/bin/busybox")
 
@@ -131,8 +133,13 @@ def _module_deps(data: bytes) -> list[str]:
     return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
 
 
-def resolve_modules(modules_dir: Path, wanted: Sequence[str]) -> list[tuple[str, bytes]]:
-    """Wanted modules + their dependencies, in load order; builtin ones are skipped."""
+def resolve_modules(
+    modules_dir: Path, wanted: Sequence[str], optional: frozenset[str] = OPTIONAL_MODULES
+) -> list[tuple[str, bytes]]:
+    """Wanted modules + their dependencies, in load order; builtin ones are skipped.
+
+    A wanted module missing from the kernel is an error, unless it is in ``optional``.
+    """
     index = _module_index(modules_dir)
     builtin_file = modules_dir / "modules.builtin"
     builtin = set()
@@ -157,6 +164,8 @@ def resolve_modules(modules_dir: Path, wanted: Sequence[str]) -> list[tuple[str,
         order.append((name, data))
 
     for w in wanted:
+        if w.replace("-", "_") in optional and w.replace("-", "_") not in index:
+            continue
         visit(w)
     return order
 
