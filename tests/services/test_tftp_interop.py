@@ -114,10 +114,13 @@ CLIENTS = list(client_commands(Path("x")))
 # then ignores it, so two lost ACKs in a row stall it (both-ways loss).
 # curl 7.88 stalls on any loss, against in.tftpd just the same (checked by
 # hand: `curl tftp://` through 3% loss toward the client times out with both
-# servers), so curl runs on the clean link only.
+# servers), so curl runs on the clean link only. atftp with options aborts
+# ("tftp: unexpected OACK") when its ACK of the OACK is lost and the server
+# retransmits the OACK as RFC 2347 asks; with loss toward the server that hits
+# a few runs in a hundred (seen in CI), so it runs with loss toward the client only.
 SURVIVES = {
     "lossy-to-client": {"tftp-hpa", "atftp", "atftp-blksize-windowsize", "busybox"},
-    "lossy-both-ways": {"tftp-hpa", "atftp-blksize-windowsize", "busybox"},
+    "lossy-both-ways": {"tftp-hpa", "busybox"},
 }
 
 
