@@ -40,27 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services.dhcp_netns import CLIENT, SERVER, NetnsPair  # noqa: E402
+from tests.services.dhcp_netns import CLIENT, SERVER, NetnsPair, perfdhcp_macs  # noqa: E402
 
 BASE_MAC = "00:0c:01:02:03:04"
 CLIENTS = 50000
-
-
-def perfdhcp_macs(base: str, count: int) -> list[str]:
-    """The MACs perfdhcp -b mac=BASE -R COUNT generates (Kea's TestControl::generateMacAddress)."""
-    octets = bytes.fromhex(base.replace(":", ""))
-    macs = set()
-    for r in range(count):
-        mac = bytearray(octets)
-        i = 5
-        while i >= 0:
-            mac[i] = (mac[i] + r) & 0xFF
-            if r < 256:
-                break
-            r >>= 8
-            i -= 1
-        macs.add(bytes(mac).hex(":"))
-    return sorted(macs)
 
 
 def serve_cwboot(interface: str, enrol: bool) -> None:

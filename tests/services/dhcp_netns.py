@@ -91,3 +91,24 @@ class NetnsPair:
                 proc.wait(timeout=10)
         for ns in (self.server_ns, self.client_ns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def perfdhcp_macs(base: str, count: int) -> list[str]:
+    """The MACs perfdhcp -b mac=BASE -R COUNT can use (Kea's TestControl::generateMacAddress).
+
+    For a random r in [0, count): add r to the last octet (mod 256), and while
+    r >= 256 shift it right by 8 and add it to the next octet to the left.
+    """
+    octets = bytes.fromhex(base.replace(":", ""))
+    macs = set()
+    for r in range(count):
+        mac = bytearray(octets)
+        i = 5
+        while i >= 0:
+            mac[i] = (mac[i] + r) & 0xFF
+            if r < 256:
+                break
+            r >>= 8
+            i -= 1
+        macs.add(bytes(mac).hex(":"))
+    return sorted(macs)

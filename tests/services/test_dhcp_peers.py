@@ -24,32 +24,11 @@ from cwboot.config import DhcpConfig
 from cwboot.control.objects import validate_new
 from cwboot.policy.node_table import NodeTable
 from cwboot.services.dhcp import DhcpBound, serve_dhcp
-from tests.services.dhcp_netns import CLIENT, SERVER, NetnsPair
+from tests.services.dhcp_netns import CLIENT, SERVER, NetnsPair, perfdhcp_macs
 
 pytestmark = pytest.mark.netns
 
 MAC = "52:54:00:00:01:07"
-
-
-def perfdhcp_macs(base: str, count: int) -> list[str]:
-    """The MACs perfdhcp -b mac=BASE -R COUNT can use (Kea's TestControl::generateMacAddress).
-
-    For a random r in [0, count): add r to the last octet (mod 256), and while
-    r >= 256 shift it right by 8 and add it to the next octet to the left.
-    """
-    octets = bytes.fromhex(base.replace(":", ""))
-    macs = set()
-    for r in range(count):
-        mac = bytearray(octets)
-        i = 5
-        while i >= 0:
-            mac[i] = (mac[i] + r) & 0xFF
-            if r < 256:
-                break
-            r >>= 8
-            i -= 1
-        macs.add(bytes(mac).hex(":"))
-    return sorted(macs)
 
 
 def table(macs: list[str]) -> NodeTable:
