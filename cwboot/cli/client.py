@@ -92,13 +92,16 @@ class ApiClient:
         return base if ref is None else f"{base}/{quote(ref, safe='')}"
 
     def list_objects(self, kind: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", self._path(kind), params=filters)
+        objs: list[dict[str, Any]] = self.request("GET", self._path(kind), params=filters)
+        return objs
 
     def get_object(self, kind: str, ref: str) -> dict[str, Any]:
-        return self.request("GET", self._path(kind, ref))
+        obj: dict[str, Any] = self.request("GET", self._path(kind, ref))
+        return obj
 
     def create_object(self, kind: str, doc: Mapping[str, Any]) -> dict[str, Any]:
-        return self.request("POST", self._path(kind), json=dict(doc))
+        obj: dict[str, Any] = self.request("POST", self._path(kind), json=dict(doc))
+        return obj
 
     def create_objects(
         self, kind: str, docs: Sequence[Mapping[str, Any]], *, minimal: bool = False
@@ -108,10 +111,12 @@ class ApiClient:
         headers = {"prefer": "return=minimal"} if minimal else None
         # A large bulk add on etcd takes a while: allow about a second per 100 objects.
         timeout = max(60.0, len(docs) / 100)
-        return self.request("POST", self._path(kind), json=[dict(d) for d in docs], headers=headers, timeout=timeout)
+        objs: list[dict[str, Any]] = self.request("POST", self._path(kind), json=[dict(d) for d in docs], headers=headers, timeout=timeout)
+        return objs
 
     def update_object(self, kind: str, ref: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return self.request("PATCH", self._path(kind, ref), json=dict(patch))
+        obj: dict[str, Any] = self.request("PATCH", self._path(kind, ref), json=dict(patch))
+        return obj
 
     def delete_object(self, kind: str, ref: str) -> None:
         self.request("DELETE", self._path(kind, ref))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
@@ -183,6 +183,6 @@ class ObjectCache:
         """By the 6 raw bytes of a DHCP chaddr: no formatting on the hot path."""
         return self._indexes.by_mac_bytes.get(hwaddr)
 
-    def node_ip(self, node: dict[str, Any]) -> str:
+    def node_ip(self, node: Mapping[str, Any]) -> str:
         """Explicit ip, else derived from its naming pool (cwboot.control.objects.node_ip)."""
         return objects.node_ip(node, self.get("naming_pool", node.get("naming_pool", "default")))

@@ -341,7 +341,7 @@ class ImageStore:
         cached = self._indexes.get(name)
         if cached and cached[0] == st.st_mtime_ns:
             return cached[1]
-        doc = json.loads(path.read_bytes())
+        doc: dict[str, Any] = json.loads(path.read_bytes())
         self._indexes[name] = (st.st_mtime_ns, doc)
         return doc
 
@@ -755,7 +755,7 @@ def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
     if magic == b"\x28\xb5\x2f\xfd":
         with open(path, "rb") as raw:
             reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
                 yield tar
         return
     try:

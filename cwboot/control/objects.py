@@ -144,7 +144,8 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
     def check(name: str, v: Any) -> str:
         if v not in choices:
             raise InvalidObject(f"field '{name}': expected one of {', '.join(choices)}")
-        return v
+        choice: str = v
+        return choice
 
     return check
 
@@ -300,7 +301,8 @@ def node_name(pool: Mapping[str, Any], index: int) -> str:
 def node_ip(node: Mapping[str, Any], pool: Mapping[str, Any] | None) -> str:
     """The node's IP: explicit ``ip``, else pool network address + ip_offset + index ("" if unknown)."""
     if node.get("ip"):
-        return node["ip"]
+        ip: str = node["ip"]
+        return ip
     if pool is None or "index" not in node:
         return ""
     net = ipaddress.IPv4Network(pool["network"])

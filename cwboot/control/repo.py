@@ -155,7 +155,8 @@ class Objects:
     async def _pool(self, name: str) -> dict[str, Any]:
         kv = await self._find("naming_pool", name)
         if kv is not None:
-            return json.loads(kv.value)
+            pool: dict[str, Any] = json.loads(kv.value)
+            return pool
         if name != "default":
             raise InvalidObject(f"field 'naming_pool': naming pool {name!r} does not exist")
         try:

@@ -354,7 +354,7 @@ def _status_fields_untrusted(body: bytes, ctype: bytes) -> dict[str, str]:
         doc = json.loads(text)
         if not isinstance(doc, dict):
             raise ValueError("expected a JSON object")
-        items = doc.items()
+        items: Iterable[tuple[Any, Any]] = doc.items()
     else:
         items = urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
     out: dict[str, str] = {}

@@ -157,7 +157,8 @@ class EmbeddedStore(Store):
 
     def _query_next_expiry(self) -> float | None:
         row = self._db.execute("SELECT min(expires) FROM leases").fetchone()
-        return row[0]
+        expires: float | None = row[0]
+        return expires
 
     def _begin_write(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
