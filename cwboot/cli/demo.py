@@ -26,6 +26,7 @@ import argparse
 import functools
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -114,7 +115,10 @@ async def run_demo(config: cwconfig.Config, nodes: int, image_mib: int, stay: bo
             print("  " + line)
         print("\nTry, in another shell:")
         print(f"  export CWBOOT_URL=http://127.0.0.1:{ports.api} CWBOOT_TOKEN=$(cat {token_file})")
-        print("  cwboot nodes ls 'n[0-9]'; cwboot status ls; cwboot images ls\n")
+        # The venv's cwboot is not on a newcomer's PATH: name the one that is running.
+        beside = Path(sys.executable).with_name("cwboot")
+        cli = str(beside) if beside.exists() else "cwboot"
+        print(f"  {cli} nodes ls 'n[0-9]'; {cli} status ls; {cli} images ls\n")
         print(f"powering on {nodes} simulated nodes at once (DHCP -> TFTP -> iPXE -> kernel/initramfs -> rootfs -> up) ...",
               flush=True)  # fmt: skip
         report = await demo_storm(ports, nodes)

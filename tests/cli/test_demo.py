@@ -1,6 +1,7 @@
 """README command 1's main job: `cwboot demo` serves a demo cluster and a storm boots through it."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,7 @@ def test_demo_boots_simulated_nodes_and_says_what_listens_where(tmp_path: Path) 
     # Nothing outside the state dir: the store and images live there.
     assert (tmp_path / "state" / "store.sqlite3").exists()
     assert (tmp_path / "state" / "admin.token").exists()
+    # The hint names a cwboot a newcomer can run (the venv's is not on their PATH).
+    hint = next(line for line in out.splitlines() if " nodes ls " in line)
+    cli = hint.split()[0]
+    assert Path(cli).is_file() or shutil.which(cli), hint
