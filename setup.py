@@ -27,7 +27,8 @@ class ReportingBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001 - any compiler failure means "Pure"
             print(f"cwboot build: Pure (Cython extensions not built: {exc})", file=sys.stderr)
             return
-        print("cwboot build: Accelerated (Cython extensions built)", file=sys.stderr)
+        if self.extensions:  # ext_modules() already said "Pure" when it found none to build
+            print("cwboot build: Accelerated (Cython extensions built)", file=sys.stderr)
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -11,7 +11,7 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends python3-venv python3-dev gcc ipxe zstd
 
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip setuptools wheel
+.venv/bin/pip install -q --upgrade pip setuptools wheel 'Cython>=3.0'
 .venv/bin/pip install -q -e .
 .venv/bin/python setup.py -q build_ext --inplace
 

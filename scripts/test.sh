@@ -11,7 +11,7 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends $(grep -v '^\s*#' scripts/apt-packages.txt)
 
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip setuptools wheel
+.venv/bin/pip install -q --upgrade pip setuptools wheel 'Cython>=3.0'
 .venv/bin/pip install -q -e '.[test]'
 # Build the extensions in place too, so the source tree imports the accelerated backend.
 .venv/bin/python setup.py -q build_ext --inplace
