@@ -9,6 +9,9 @@ firmware, iPXE and mount_rootfs would (cwboot.sim.node).
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,28 @@ def test_storm_1000_nodes_small_image() -> None:
                            floor_bytes=256 << 20)  # fmt: skip
     report = trio.run(run_storm, options)
     _check(report, 1000)
+
+
+def test_bench_storm_cli_netns_shaped_link_with_baseline(tmp_path: Path) -> None:
+    """`cwboot bench storm` end to end: namespace pair, tc-shaped head link, the dnsmasq +
+    nginx baseline in the same command, the JSON report and the PNG plot."""
+    rate_bits = 200e6
+    report_file, plot_file = tmp_path / "storm.json", tmp_path / "storm.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cwboot", "bench", "storm", "--nodes", "20", "--image", "synthetic:2",
+         "--kernel-mib", "0.5", "--initramfs-mib", "0.5", "--netns", "--rate", "200mbit",
+         "--baseline", "dnsmasq", "--no-floor", "--workdir", str(tmp_path / "work"),
+         "--json", str(report_file), "--plot", str(plot_file)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(report_file.read_text())
+    reports = {r["target"]: r for r in doc["reports"]}
+    assert set(reports) == {"head", "dnsmasq"}
+    for r in reports.values():
+        assert r["up"] == 20 and r["failures"] == 0
+        assert r["settings"]["rate"] == "200mbit"
+        # The shaping took effect: the unshaped veth pair moves these bytes ~50x faster.
+        assert r["bytes_served"] * 8 / r["wall"] <= rate_bits * 1.1, r["wall"]
+    assert doc["wall_ratio"] == pytest.approx(reports["head"]["wall"] / reports["dnsmasq"]["wall"])
+    assert plot_file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
