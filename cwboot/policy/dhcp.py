@@ -25,7 +25,9 @@ PXE ROM / anything else       TFTP loader by option 93 (``ARCH_LOADERS``);
 ``<mac>`` in URLs is written with hyphens: ``52-54-00-12-34-56``.
 
 Replies to iPXE carry option 175.176 = 1 so iPXE does not wait for proxyDHCP
-offers (authoritative mode only: in proxy mode we *are* the proxyDHCP).
+offers (authoritative mode only: in proxy mode we *are* the proxyDHCP, and the
+reply carries option 60 ``PXEClient`` instead, without which iPXE does not take
+an offer that has no address for a ProxyDHCP offer).
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ class BootPolicy:
                 return _IGNORE[NO_ADDRESS]
             template = self._template(key, node, pool, ip, kind, arch, warning)
         kind = template.kind
-        warning = template.warning
+        warnings = template.warnings
 
         yiaddr = template.yiaddr
         ciaddr = _ZERO
@@ -316,8 +318,8 @@ class BootPolicy:
                 # PXE spec 2.1: echo the client UUID; RFC 4578 2.3: type 0 + 16 bytes.
                 if len(uuid) == 17 and uuid[0] == 0:
                     reply_options.append((dhcp.OPT_CLIENT_UUID, uuid))
-                elif not warning:
-                    warning = "option97_malformed"
+                else:
+                    warnings = (*warnings, "option97_malformed")
         client_id = options.get(dhcp.OPT_CLIENT_ID)
         if client_id is not None:
             reply_options.append((dhcp.OPT_CLIENT_ID, client_id))  # RFC 6842
@@ -335,7 +337,7 @@ class BootPolicy:
             b"",
             template.file,
             reply_options,
-            (warning,) if warning else (),
+            warnings,
         )
 
     def _template(
@@ -352,7 +354,12 @@ class BootPolicy:
         boot: list[tuple[int, bytes]] = [(dhcp.OPT_SERVER_ID, self.server_id)]
         if kind == IPXE:
             file = self.script_url(key[0]).encode()
-            if not self.proxy:
+            if self.proxy:
+                # iPXE (src/net/udp/dhcp.c) takes an offer without an address as a
+                # ProxyDHCP offer only if option 60 starts with "PXEClient"; with a boot
+                # file name in it, it uses the offer as is (no ProxyDHCPREQUEST to 4011).
+                boot.append((dhcp.OPT_VENDOR_CLASS, _PXE_CLASS))
+            else:
                 boot.append((dhcp.OPT_IPXE, _IPXE_NO_PXEDHCP))
         else:
             slot = ARCH_LOADERS.get(arch, BIOS) if arch is not None else BIOS
@@ -369,7 +376,8 @@ class BootPolicy:
             boot.append((dhcp.OPT_HOSTNAME, name.encode()))
         lease = [boot[0], *self.network_options, *boot[1:]]
         yiaddr = _aton(ip) if ip else _ZERO
-        template = _Template(node, pool, kind, warning, yiaddr, file, tuple(boot), tuple(lease))
+        warnings = (warning,) if warning else ()
+        template = _Template(node, pool, kind, warnings, yiaddr, file, tuple(boot), tuple(lease))
         if len(self._templates) >= _MAX_TEMPLATES:
             self._templates.clear()  # bounded: removed nodes do not pile up
         self._templates[key] = template
@@ -390,7 +398,7 @@ class _Template(NamedTuple):
     node: Mapping[str, Any]
     pool: Mapping[str, Any] | None
     kind: str
-    warning: str
+    warnings: tuple[str, ...]
     yiaddr: bytes
     file: bytes
     # Server id + boot options (proxy mode, INFORM); the same plus lease and network options.

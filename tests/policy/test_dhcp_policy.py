@@ -136,6 +136,13 @@ def test_bad_option_97_is_not_echoed_and_is_counted() -> None:
     assert 97 not in dict(r.options) and r.warnings == ("option97_malformed",)
 
 
+def test_bad_option_93_and_bad_option_97_are_both_counted() -> None:
+    opts = [o for o in pxe_options(0) if o[0] not in (93, 97)] + [(93, b"\x00"), (97, b"\x01abc")]
+    r = reply(*opts)
+    assert r.file == b"undionly.kpxe" and 97 not in dict(r.options)
+    assert r.warnings == ("option93_malformed", "option97_malformed")
+
+
 @pytest.mark.parametrize("user_class", [b"iPXE", b"\x04iPXE", b"\x03abc\x04iPXE"])
 def test_ipxe_gets_its_script_url_never_the_loader(user_class: bytes) -> None:
     r = reply(*pxe_options(7), (77, user_class))
@@ -228,6 +235,37 @@ def test_proxy_mode_gives_boot_information_only() -> None:
     # iPXE in proxy mode: its script, and no 175.176 (we are the proxyDHCP it should wait for).
     r = reply(*pxe_options(7), (77, b"iPXE"), pol=pol)
     assert r.file.endswith(b"/boot/ipxe/52-54-00-00-00-07") and 175 not in dict(r.options)
+
+
+def test_proxy_offer_to_ipxe_is_one_ipxe_takes_for_a_proxydhcp_offer() -> None:
+    # iPXE's src/net/udp/dhcp.c: an offer is a ProxyDHCP offer only if option 60 starts with
+    # "PXEClient" and it has a server id; with a boot file name ("PXE options") iPXE uses it
+    # as is, without a ProxyDHCPREQUEST. Before the fix the reply had only options 54 and 12.
+    r = reply(*pxe_options(0), (77, b"iPXE"), pol=policy(mode="proxy"))
+    opts = dict(r.options)
+    assert r.message_type == _spec.DHCPOFFER and r.yiaddr == bytes(4)
+    assert opts[60][:9] == b"PXEClient" and opts[54] == bytes((10, 54, 0, 1))
+    assert r.file == b"http://10.54.0.1:8081/boot/ipxe/52-54-00-00-00-07"
+    # Authoritative mode is unchanged: 175.176 tells iPXE not to wait for a proxy.
+    assert 60 not in dict(reply(*pxe_options(0), (77, b"iPXE")).options)
+
+
+def test_ipxe_proxydhcp_request_on_4011_gets_its_script() -> None:
+    # What iPXE sends when a proxy offer lacks PXE options: a REQUEST to <server id>:4011 with
+    # ciaddr = its leased address and option 54 = the proxy's id; it takes an ACK (or OFFER)
+    # from port 4011 whose server id matches and that carries a boot file name.
+    pol = policy(mode="proxy")
+    data = request_bytes(
+        mac=MAC,
+        ciaddr="192.168.1.50",
+        options=[(53, b"\x03"), (54, bytes((10, 54, 0, 1))), *pxe_options(0), (77, b"iPXE")],
+    )
+    r = pol.decide(parse_untrusted(data), table(), boot_server=True)
+    assert isinstance(r, Reply) and r.message_type == _spec.DHCPACK
+    assert r.file == b"http://10.54.0.1:8081/boot/ipxe/52-54-00-00-00-07"
+    opts = dict(r.options)
+    assert opts[54] == bytes((10, 54, 0, 1)) and opts[60][:9] == b"PXEClient"
+    assert r.ciaddr == bytes((192, 168, 1, 50)) and r.yiaddr == bytes(4)
 
 
 def test_proxy_mode_boot_server_request_on_4011_is_acked() -> None:

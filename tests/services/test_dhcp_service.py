@@ -161,6 +161,10 @@ MALFORMED = [
         request_bytes(mac=MAC, options=[(53, b"\x05\x05")]),
         "bad packet: bad option 53 (message type)",
     ),
+    (
+        discover(MAC, giaddr=CLIENT, hops=1, end=False) + b"\x52\x10\x01\x04port",
+        "bad packet: option length past the end",
+    ),
     (request_bytes(mac=MAC, options=[(53, b"\x02")]), "unexpected message type"),
     (request_bytes(mac=MAC, options=[]), "plain BOOTP (no option 53)"),
 ]
@@ -188,11 +192,20 @@ def test_malformed_input_is_dropped_counted_and_service_keeps_answering(pair: Ne
             (await exchange(sock, discover(MAC, *pxe, (93, b"\x00"), (97, b"\x05x"))))[0]
         )
         assert offer.file.rstrip(b"\0") == b"undionly.kpxe" and 97 not in offer.options
-        assert bound.stats.warnings == {"option93_malformed": 1}
+        assert bound.stats.warnings == {"option93_malformed": 1, "option97_malformed": 1}
+        # Relayed (giaddr set) with an option 82 whose sub-options do not add up: not ours to
+        # parse (RFC 3046 2.2), so the OFFER goes to the relay with it copied byte-exact.
+        relay = client_socket(pair)
+        await relay.bind((CLIENT, 67))
+        agent = b"\x01\x09eth0\x02\x00" + bytes(range(1, 240))
+        data, _ = await exchange(relay, discover(MAC, (82, agent), giaddr=CLIENT, hops=1))
+        offer = parse_untrusted(data)
+        assert offer.message_type == 2 and offer.giaddr == bytes((10, 99, 0, 2))
+        assert data.rstrip(b"\0").endswith(b"\x52" + bytes((len(agent),)) + agent + b"\xff")
         # ... and an ordinary DISCOVER still gets its OFFER.
         offer = parse_untrusted((await exchange(sock, discover(MAC, xid=99)))[0])
         assert offer.xid == 99 and offer.yiaddr == bytes((10, 99, 0, 107))
-        assert bound.stats.received == len(MALFORMED) + 4
+        assert bound.stats.received == len(MALFORMED) + 5
 
     run(pair, body)
 
@@ -259,5 +272,37 @@ def test_proxy_mode_answers_pxe_with_boot_info_and_on_port_4011(pair: NetnsPair)
             and ack.message_type == 5
             and ack.file.rstrip(b"\0") == b"ipxe.efi"
         )
+
+    run(pair, body, mode="proxy")
+
+
+def test_proxy_mode_ipxe_gets_a_proxydhcp_offer_and_its_script_on_4011(pair: NetnsPair) -> None:
+    script = b"http://10.99.0.1:8081/boot/ipxe/52-54-00-00-00-07"
+    ipxe = [*pxe_options(0), (77, b"iPXE")]
+
+    async def body(bound: DhcpBound) -> None:
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        # What iPXE's dhcp.c needs to take it as a ProxyDHCP offer: option 60 "PXEClient",
+        # a server id, and (to skip the ProxyDHCPREQUEST) a boot file name.
+        offer = parse_untrusted((await exchange(sock, discover(MAC, *ipxe, flags=0x8000)))[0])
+        assert offer.message_type == 2 and offer.yiaddr == bytes(4)
+        assert offer.options[60][:9] == b"PXEClient" and offer.options[54] == bytes((10, 99, 0, 1))
+        assert offer.file.rstrip(b"\0") == script
+        # Its REQUEST on port 67 belongs to the site DHCP server.
+        await silent(sock, request_bytes(mac=MAC, options=[(53, b"\x03"), (54, bytes((10, 99, 0, 254))), *ipxe]))
+        # A ProxyDHCPREQUEST (to <server id>:4011, ciaddr = the leased address) gets an ACK
+        # from port 4011 with the same server id and the script.
+        unicast = client_socket(pair)
+        await unicast.bind((CLIENT, 68))
+        req = request_bytes(
+            mac=MAC, ciaddr=CLIENT, options=[(53, b"\x03"), (54, offer.options[54]), *ipxe]
+        )
+        data, source = await exchange(unicast, req, (SERVER, 4011))
+        ack = parse_untrusted(data)
+        assert source == (SERVER, 4011) and ack.message_type == 5
+        assert ack.options[54] == offer.options[54] and ack.options[60][:9] == b"PXEClient"
+        assert ack.file.rstrip(b"\0") == script
+        assert bound.stats.dropped == {"request for another server": 1}
 
     run(pair, body, mode="proxy")
