@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +16,7 @@ import trio
 
 from cwboot.config import ConfigError, PowerConfig, from_dict
 from cwboot.control.power import (
+    Attempt,
     IpmiDriver,
     PowerRequest,
     PowerResult,
@@ -21,6 +24,7 @@ from cwboot.control.power import (
     PowerTarget,
     serve_power,
 )
+from cwboot.control.power.ipmi import BadReply, parse_reply_untrusted
 from cwboot.sim.bmc import BmcFarm, BmcOptions, SimulatedBmc, make_bmcs, serve_bmcs
 
 Scenario = Callable[[BmcFarm, PowerService], Awaitable[None]]
@@ -299,15 +303,134 @@ def _driver_scenario(hung_after: float, sabotage: int) -> tuple[list[str], int]:
 
 def test_a_killed_worker_is_replaced() -> None:
     errors, restarts = _driver_scenario(hung_after=60.0, sabotage=signal.SIGKILL)
-    assert errors[0] in ("", "IPMI worker restarted", "IPMI worker unavailable")
+    assert errors[0] in (
+        "",
+        "IPMI worker died during the operation (killed by signal 9); it was restarted",
+        "IPMI worker unavailable",
+    )
     assert restarts == 1
 
 
 def test_a_hung_worker_is_killed_and_replaced() -> None:
     # SIGSTOP: the process is alive but answers nothing, like a worker stuck in pyghmi.
     errors, restarts = _driver_scenario(hung_after=1.0, sabotage=signal.SIGSTOP)
-    assert errors == ["IPMI worker restarted"]
+    assert errors == ["IPMI worker gave no reply in 1 s; it was restarted"]
     assert restarts == 1
+
+
+def test_a_worker_killed_mid_operation_fails_its_nodes_clearly_and_is_replaced() -> None:
+    # Slow BMCs (0.3 s per reply): both operations are inside the worker when it dies.
+    bmcs = make_bmcs(2, BmcOptions(delay=0.3))
+    died = "IPMI worker died during the operation (killed by signal 9); it was restarted"
+
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        driver = power.drivers["ipmi"]
+        assert isinstance(driver, IpmiDriver)
+        victim = driver._workers[0].process.pid
+        results = power.submit(names(2), PowerRequest("cycle"))
+        while not all(b.stats.sessions_opened for b in bmcs):
+            await trio.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+        got = by_node([r async for r in results])
+        for result in got.values():
+            # Not retried: the BMC may have acted already (a cycle must not run twice).
+            assert (result.ok, result.error, result.attempts) == (False, died, 1), result
+        assert driver.restarts == 1 and driver._workers[0].process.pid != victim
+        again = await power.run(names(2), PowerRequest("status"))
+        assert all(r.ok for r in again), again
+
+    run_with(bmcs, PowerConfig(workers=2, max_concurrent=2, timeout=30.0), scenario)
+
+
+# A worker whose stdout carries junk: before main() straight onto the reply
+# channel (as an import-time print would), then inside every operation through
+# print() and through fd 1 itself (as pyghmi's print() calls and C code would).
+NOISY_WORKER = r"""
+import os, sys
+sys.stdout.write("chatter at import\n" + "x" * 100000 + "\n[1, 2]\n" + '{"id": 1}\n')
+sys.stdout.flush()
+from cwboot.control.power import ipmi_worker
+real_operation = ipmi_worker.run_operation
+def chatty_operation(req):
+    print("print() inside an operation")
+    sys.stdout.flush()
+    os.write(1, b'{"id": 424242, "ok": true}\n')
+    return real_operation(req)
+ipmi_worker.run_operation = chatty_operation
+raise SystemExit(ipmi_worker.main(sys.argv[1:]))
+"""
+
+
+def test_stray_output_of_a_worker_never_disturbs_the_replies() -> None:
+    drops: dict[str, int] = {}
+    outcomes: list[Attempt] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            farm = await nursery.start(serve_bmcs, make_bmcs(4))
+            driver: IpmiDriver = await nursery.start(
+                IpmiDriver(1, 4, command=[sys.executable, "-c", NOISY_WORKER]).serve
+            )
+
+            async def one(target: PowerTarget, request: PowerRequest) -> None:
+                outcomes.append(await driver.attempt(target, request))
+
+            with trio.fail_after(30):
+                for request in (PowerRequest("status"), PowerRequest("on"), PowerRequest("status")):
+                    async with trio.open_nursery() as ops:
+                        for i, port in enumerate(farm.ports):
+                            target = PowerTarget(f"n{i}", "ipmi", "127.0.0.1", port, "admin", "password")
+                            ops.start_soon(one, target, request)
+            drops.update(driver.drops)
+            assert driver.restarts == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(outcomes) == 12 and all(a.ok for a in outcomes), outcomes
+    assert [a.state for a in outcomes[-4:]] == ["on"] * 4
+    # The junk written before main() was read, skipped and counted; nothing written
+    # during the 12 operations reached the channel (it would add "not JSON" and
+    # "reply to no pending request" drops).
+    assert drops == {
+        "not JSON": 1,
+        "line too long": 1,
+        "not a JSON object": 1,
+        "no integer id or boolean ok": 1,
+    }
+
+
+def test_reply_parser_parses_or_raises_bad_reply() -> None:
+    assert parse_reply_untrusted(b'{"id": 7, "ok": true, "state": "on", "bootdev": "pxe"}') == (
+        7,
+        Attempt(True, state="on", bootdev="pxe"),
+    )
+    assert parse_reply_untrusted(b'{"id": 8, "ok": false, "error": "e", "retryable": true}') == (
+        8,
+        Attempt(False, error="e", retryable=True),
+    )
+    for junk, reason in (
+        (b"", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[" * 100_000, "not JSON"),
+        (b"Password for 10.0.0.1 is somehow malformed", "not JSON"),
+        (b"null", "not a JSON object"),
+        (b'{"id": true, "ok": true}', "no integer id or boolean ok"),
+        (b'{"id": 1, "ok": 1}', "no integer id or boolean ok"),
+        (b'{"id": 1, "ok": true, "state": 3}', "a field of the wrong type"),
+        (b'{"id": 1, "ok": true, "retryable": "no"}', "a field of the wrong type"),
+    ):
+        with pytest.raises(BadReply, match=reason):
+            parse_reply_untrusted(junk)
+    good = b'{"id":12,"ok":false,"error":"login refused","retryable":false}'
+    rng = random.Random(1)
+    for _ in range(5000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            parse_reply_untrusted(bytes(data))
+        except BadReply:
+            pass
 
 
 def test_config_rejects_out_of_range_power_settings() -> None:

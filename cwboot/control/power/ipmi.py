@@ -3,8 +3,15 @@
 ``await nursery.start(IpmiDriver(...).serve)`` starts ``processes`` copies of
 cwboot.control.power.ipmi_worker, each with ``threads`` threads, and hands
 requests to the least busy. Replies are matched to requests by id. A worker
-that stops answering (no reply within ``hung_after`` seconds) is killed and
-replaced; its in-flight operations fail with "IPMI worker restarted".
+that dies is replaced and its in-flight operations fail with "IPMI worker
+died during the operation (...)"; one that stops answering (no reply within
+``hung_after`` seconds) is killed and replaced the same way.
+
+A worker's stdout is read as untrusted input: ``parse_reply_untrusted`` turns
+a line into (id, Attempt) or raises ``BadReply``; a line that is not a reply
+(stray output of a library, a truncated line) is skipped and counted in
+``IpmiDriver.drops`` by reason, never raised into the power nursery. (The
+worker itself keeps library prints off the channel: see ipmi_worker.py.)
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -29,13 +36,39 @@ log = logging.getLogger(__name__)
 HUNG_AFTER = 60.0
 # On shutdown, seconds the workers get to finish (and log out) running operations.
 SHUTDOWN_GRACE = 10.0
+# A reply line is a few hundred bytes; a longer "line" is not a reply and is dropped.
+MAX_REPLY_BYTES = 65536
+# Pause before trying again to start a worker process that could not be started.
+RESTART_PAUSE = 1.0
+
+
+class BadReply(ValueError):
+    """A line on a worker's stdout that is not a reply; the message is the drop reason."""
+
+
+def parse_reply_untrusted(line: bytes) -> tuple[int, Attempt]:
+    """One line of a worker's stdout -> (request id, Attempt); BadReply for anything else."""
+    try:
+        doc = json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise BadReply("not JSON") from None
+    if not isinstance(doc, dict):
+        raise BadReply("not a JSON object")
+    ident, ok = doc.get("id"), doc.get("ok")
+    if type(ident) is not int or type(ok) is not bool:
+        raise BadReply("no integer id or boolean ok")
+    texts = {key: doc.get(key, "") for key in ("state", "bootdev", "error")}
+    retryable = doc.get("retryable", False)
+    if not all(isinstance(v, str) for v in texts.values()) or type(retryable) is not bool:
+        raise BadReply("a field of the wrong type")
+    return ident, Attempt(ok, retryable=retryable, **texts)
 
 
 @dataclass
 class _Worker:
     number: int
     process: trio.Process
-    pending: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = field(default_factory=dict)
+    pending: dict[int, tuple[trio.Event, list[Attempt]]] = field(default_factory=dict)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -49,24 +82,23 @@ class IpmiDriver:
         *,
         pyghmi_fixes: bool = True,
         hung_after: float = HUNG_AFTER,
+        command: Sequence[str] = (sys.executable, "-m", "cwboot.control.power.ipmi_worker"),
     ) -> None:
+        """``command`` starts a worker (the options are appended); tests run instrumented ones."""
         self.processes = max(1, processes)
         self.threads = max(1, threads)
         self.pyghmi_fixes = pyghmi_fixes
         self.hung_after = hung_after
+        self.command = list(command)
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.restarts = 0
+        # Lines read from workers that were not replies, by reason (see parse_reply_untrusted).
+        self.drops: dict[str, int] = {}
 
     def _argv(self) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "cwboot.control.power.ipmi_worker",
-            "--threads",
-            str(self.threads),
-        ]
+        argv = [*self.command, "--threads", str(self.threads)]
         if not self.pyghmi_fixes:
             argv.append("--without-pyghmi-fixes")
         return argv
@@ -96,7 +128,7 @@ class IpmiDriver:
             for worker in self._workers:
                 await worker.process.wait()
         for worker in self._workers:
-            self._kill(worker)
+            self._kill(worker, "IPMI worker stopped with the power service")
             await worker.process.wait()
 
     async def _start_worker(self, number: int) -> _Worker:
@@ -112,17 +144,45 @@ class IpmiDriver:
         self._nursery.start_soon(self._read_replies, worker)
         return worker
 
-    def _kill(self, worker: _Worker) -> None:
+    def _kill(self, worker: _Worker, error: str) -> None:
+        """Kill the worker (if alive) and fail each of its pending operations with ``error``.
+
+        Not retryable: the BMC may already have acted (a cycle must not run twice).
+        """
         if worker.process.returncode is None:
             worker.process.kill()
         for event, box in worker.pending.values():
-            box.append({"ok": False, "error": "IPMI worker restarted", "retryable": False})
+            box.append(Attempt(False, error=error))
             event.set()
         worker.pending.clear()
+
+    def _drop(self, worker: _Worker, reason: str, line: bytes) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        if self.drops[reason] == 1:  # once per reason: a chatty library must not flood the log
+            log.warning(
+                "IPMI worker %d wrote a line that is not a reply (%s), skipped: %r",
+                worker.number,
+                reason,
+                line[:120],
+            )
+
+    def _take_line(self, worker: _Worker, line: bytes) -> None:
+        try:
+            ident, attempt = parse_reply_untrusted(line)
+        except BadReply as exc:
+            self._drop(worker, str(exc), line)
+            return
+        waiter = worker.pending.pop(ident, None)
+        if waiter is None:  # its operation was already failed (worker hung, then answered)
+            self._drop(worker, "reply to no pending request", line)
+            return
+        waiter[1].append(attempt)
+        waiter[0].set()
 
     async def _read_replies(self, worker: _Worker) -> None:
         assert worker.process.stdout is not None
         buffer = b""
+        skipping = False  # inside an overlong line: drop up to its end
         async with worker.process.stdout:
             while True:
                 try:
@@ -134,21 +194,36 @@ class IpmiDriver:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    reply = json.loads(line)
-                    waiter = worker.pending.pop(reply.pop("id"), None)
-                    if waiter is not None:
-                        waiter[1].append(reply)
-                        waiter[0].set()
+                    if skipping:
+                        skipping = False
+                    elif len(line) > MAX_REPLY_BYTES:
+                        self._drop(worker, "line too long", line)
+                    else:
+                        self._take_line(worker, line)
+                if len(buffer) > MAX_REPLY_BYTES:
+                    if not skipping:
+                        self._drop(worker, "line too long", buffer)
+                    buffer, skipping = b"", True
         await worker.process.wait()
-        self._kill(worker)  # fail whatever was still pending on it
-        if self._nursery is not None and self._workers[worker.number] is worker:
-            log.warning(
-                "IPMI worker %d exited with %s; starting another",
-                worker.number,
-                worker.process.returncode,
-            )
+        status = _exit_status(worker.process.returncode)
+        replace = self._nursery is not None and self._workers[worker.number] is worker
+        if replace:
+            log.warning("IPMI worker %d %s; starting another", worker.number, status)
             self.restarts += 1
+            # The replacement first, so an operation retried at once finds it.
+            while not await self._replace(worker):
+                self._kill(worker, f"IPMI worker died during the operation ({status})")
+                await trio.sleep(RESTART_PAUSE)
+        # Fail whatever was still pending on it (nothing when it was stopped or killed as hung).
+        self._kill(worker, f"IPMI worker died during the operation ({status}); it was restarted")
+
+    async def _replace(self, worker: _Worker) -> bool:
+        try:
             await self._start_worker(worker.number)
+            return True
+        except OSError as exc:  # out of descriptors or memory: the head must live on
+            log.error("cannot start IPMI worker %d: %s; retrying", worker.number, exc)
+            return False
 
     async def attempt(self, target: PowerTarget, request: PowerRequest) -> Attempt:
         if not self._workers:
@@ -156,7 +231,7 @@ class IpmiDriver:
         worker = min(self._workers, key=lambda w: len(w.pending))
         ident = next(self._ids)
         event = trio.Event()
-        box: list[dict[str, Any]] = []
+        box: list[Attempt] = []
         worker.pending[ident] = (event, box)
         line = (
             json.dumps(
@@ -186,12 +261,13 @@ class IpmiDriver:
                 worker.number,
                 self.hung_after,
             )
-            self._kill(worker)
-        reply = box[0]
-        return Attempt(
-            ok=reply["ok"],
-            state=reply.get("state", ""),
-            bootdev=reply.get("bootdev", ""),
-            error=reply.get("error", ""),
-            retryable=reply.get("retryable", False),
-        )
+            self._kill(
+                worker, f"IPMI worker gave no reply in {self.hung_after:g} s; it was restarted"
+            )
+        return box[0]
+
+
+def _exit_status(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"

@@ -15,12 +15,19 @@ the commands of the operation as raw IPMI requests (no per-call Get Device ID,
 which pyghmi's ``Command`` helpers add), then logout - always, even on error.
 Replies come back as they complete, in any order. EOF on stdin: finish what
 is running, then exit. Passwords are never written anywhere.
+
+The reply channel is private: ``main`` first duplicates fd 1 for the replies,
+then points fd 1 and ``sys.stdout`` at stderr, so a ``print()`` in pyghmi
+(session.py has several) or any write to fd 1 lands in the head's log instead
+of corrupting the replies. (The head skips and counts a line that is not a
+reply anyway: cwboot.control.power.ipmi.parse_reply_untrusted.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -166,15 +173,24 @@ def _handle(replies: _Replies, req: dict[str, Any]) -> None:
     replies.send(reply)
 
 
+def private_reply_channel() -> BinaryIO:
+    """A private duplicate of fd 1 for the replies; fd 1 and sys.stdout then go to stderr."""
+    sys.stdout.flush()
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return replies
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cwboot.control.power.ipmi_worker")
     ap.add_argument("--threads", type=int, default=32)
     # Only for the test that shows pyghmi's flaws: run without the work-arounds.
     ap.add_argument("--without-pyghmi-fixes", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    replies = _Replies(private_reply_channel())
     if not args.without_pyghmi_fixes:
         pyghmi_fixes.apply()
-    replies = _Replies(sys.stdout.buffer)
     with ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="ipmi") as pool:
         for line in sys.stdin.buffer:
             try:
