@@ -7,6 +7,10 @@ then starts the HTTP boot engine, TFTP, DHCP and the API, each bound as the
 config says (port 0 binds a free port), and reports a ``HeadPorts`` with the
 real ports. The data plane reads only the cache; the two writes a boot makes
 (status reports, enrolment of unknown MACs) go to the store off the hot path.
+
+Operational visibility: ``head_stats`` gathers every service's counters (TFTP in
+a child process reports its own over its stdout) for ``GET /api/v1/stats``, and
+``log_activity`` logs a one-line summary of the totals when they changed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import trio
 from cwboot.api.app import create_app
 from cwboot.api.power import power_routes
 from cwboot.api.server import serve_api
+from cwboot.api.stats import stats_routes
 from cwboot.config import Config, TftpConfig
 from cwboot.control.cache import ObjectCache
 from cwboot.control.images import ImageStore
@@ -38,6 +43,7 @@ from cwboot.control.store import LeaseExpired, Store, StoreError, open_store
 from cwboot.services.dhcp import serve_dhcp
 from cwboot.services.http import serve_http
 from cwboot.services.tftp import serve_tftp
+from cwboot.tftp_process import counters_of
 
 log = logging.getLogger("cwboot.head")
 
@@ -136,6 +142,14 @@ async def keep_registered(
             await trio.sleep(1)
 
 
+# The TFTP child checks its counters this often and reports them when they changed.
+TFTP_REPORT_EVERY = 1.0
+# Longest line read from the TFTP child (a report is a few hundred bytes).
+MAX_CHILD_LINE = 1 << 20
+# How often the head logs its one-line activity summary (only when it changed).
+STATS_LOG_EVERY = 60.0
+
+
 @dataclass
 class TftpProcess:
     """A TFTP service running in a child process (``tftp.own_process``)."""
@@ -143,6 +157,49 @@ class TftpProcess:
     address: str
     port: int
     pid: int
+    # The counters the child last reported ({} before its first report) and when (trio clock).
+    stats: dict[str, Any] = field(default_factory=dict, repr=False)
+    reported_at: float | None = None
+    # Lines from the child that were not stats reports (ignored, counted).
+    bad_reports: int = 0
+
+    def take_report(self, line: bytes, now: float) -> None:
+        """Keep the counters of one ``{"stats": {...}}`` line; count anything else."""
+        try:
+            stats = json.loads(line)["stats"]
+            if not isinstance(stats, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            self.bad_reports += 1
+            if self.bad_reports == 1:
+                log.warning("the TFTP process (pid %d) wrote a line that is not a report: %.100r", self.pid, line)
+            return
+        self.stats, self.reported_at = stats, now
+
+
+class LineReader:
+    """Lines from a byte stream; a line longer than ``limit`` comes out in pieces."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, limit: int = MAX_CHILD_LINE) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.buffer = b""
+
+    async def next_line(self) -> bytes | None:
+        """The next line without its newline; None at the end of the stream."""
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
+                return line
+            if len(self.buffer) >= self.limit:
+                line, self.buffer = self.buffer[: self.limit], self.buffer[self.limit :]
+                return line
+            data = await self.stream.receive_some(65536)
+            if not data:
+                line, self.buffer = self.buffer, b""
+                return line or None
+            self.buffer += data
 
 
 # TftpConfig fields handed to the child as --set KEY=VALUE (numbers only: its parser casts by type).
@@ -152,9 +209,14 @@ _TFTP_CHILD_SETTINGS = ("max_transfers", "max_transfers_per_peer", "timeout", "r
 async def serve_tftp_process(
     config: TftpConfig, *, root: str, task_status: trio.TaskStatus[TftpProcess] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run ``python -m cwboot.services.tftp`` as a child until cancelled (then it is killed by PID)."""
-    args = [sys.executable, "-m", "cwboot.services.tftp", "--root", root,
-            "--listen", config.listen, "--port", str(config.port)]  # fmt: skip
+    """Run ``python -m cwboot.tftp_process`` as a child until cancelled (then it is killed by PID).
+
+    The child's first line says where it bound; every later line is a report of its
+    counters, kept in the TftpProcess this reports (``stats``, ``reported_at``).
+    """
+    args = [sys.executable, "-m", "cwboot.tftp_process", "--root", root,
+            "--listen", config.listen, "--port", str(config.port),
+            "--report-every", str(TFTP_REPORT_EVERY)]  # fmt: skip
     for name in _TFTP_CHILD_SETTINGS:
         args += ["--set", f"{name}={getattr(config, name)}"]
     async with trio.open_nursery() as nursery:
@@ -162,17 +224,83 @@ async def serve_tftp_process(
             functools.partial(trio.run_process, args, stdout=subprocess.PIPE, check=False)
         )
         assert proc.stdout is not None
-        line = b""
+        lines = LineReader(proc.stdout)
         with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                data = await proc.stdout.receive_some(4096)
-                if not data:
-                    raise RuntimeError(f"the TFTP process exited ({await proc.wait()}) before binding")
-                line += data
-        bound = json.loads(line.splitlines()[0])
-        task_status.started(TftpProcess(bound["address"], bound["port"], proc.pid))
+            line = await lines.next_line()
+        if line is None:
+            raise RuntimeError(f"the TFTP process exited ({await proc.wait()}) before binding")
+        bound = json.loads(line)
+        child = TftpProcess(bound["address"], bound["port"], proc.pid)
+        task_status.started(child)
+        # Read every report until the child closes its stdout, so the pipe never fills.
+        while (line := await lines.next_line()) is not None:
+            child.take_report(line, trio.current_time())
         code = await proc.wait()
         raise RuntimeError(f"the TFTP process (pid {proc.pid}) exited with status {code}")
+
+
+def service_stats(ports: HeadPorts, now: float) -> dict[str, dict[str, Any]]:
+    """Each running service's counters as plain JSON values (``now``: the trio clock).
+
+    Every service names its drops-by-reason ``drops``. TFTP in a child process shows the
+    counters of its last report, ``pid`` and ``report_age`` (seconds; None before the
+    first report); in the head's own process its ``pid`` is None.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    dhcp = ports.services.get("dhcp")
+    if dhcp is not None:
+        out["dhcp"] = counters_of(dhcp.stats)
+        out["dhcp"]["drops"] = out["dhcp"].pop("dropped")
+    http = ports.services.get("http")
+    if http is not None:
+        out["http"] = counters_of(http.stats)
+    tftp = ports.services.get("tftp")
+    if isinstance(tftp, TftpProcess):
+        age = None if tftp.reported_at is None else round(now - tftp.reported_at, 3)
+        out["tftp"] = {"pid": tftp.pid, "report_age": age, "bad_reports": tftp.bad_reports, **tftp.stats}
+    elif tftp is not None:
+        out["tftp"] = {"pid": None, **counters_of(tftp.stats)}
+    power = ports.services.get("power")
+    if power is not None:
+        out["power"] = counters_of(power.stats)
+    return out
+
+
+def head_stats(ports: HeadPorts, started: float, uptime: float, now: float) -> dict[str, Any]:
+    """The answer of ``GET /api/v1/stats``: head name, start (epoch) and uptime, per-service counters."""
+    return {"head": ports.name, "started": started, "uptime": round(uptime, 3), "services": service_stats(ports, now)}
+
+
+# TFTP outcomes that are not failures: a finished transfer, a size probe (ERROR 8 after the OACK).
+_TFTP_FINE = ("completed", "probed")
+
+
+def activity_summary(services: dict[str, dict[str, Any]]) -> str:
+    """One log line of totals since start: DHCP replies/drops, HTTP requests/503s, TFTP transfers/failures."""
+    parts = []
+    if "dhcp" in services:
+        dhcp = services["dhcp"]
+        parts.append(f"dhcp {sum(dhcp['replied'].values())} replies, {sum(dhcp['drops'].values())} drops")
+    if "http" in services:
+        http = services["http"]
+        parts.append(f"http {http['requests']} requests, {http['responses'].get('503', 0)} 503s, "
+                     f"{sum(http['drops'].values())} drops")  # fmt: skip
+    if "tftp" in services:
+        outcomes: dict[str, int] = services["tftp"].get("outcomes", {})
+        failed = sum(n for outcome, n in outcomes.items() if outcome not in _TFTP_FINE)
+        parts.append(f"tftp {sum(outcomes.values())} transfers, {failed} failed")
+    return "; ".join(parts)
+
+
+async def log_activity(ports: HeadPorts, every: float) -> None:
+    """Log ``activity_summary`` every ``every`` seconds when it changed since the last line."""
+    last = activity_summary(service_stats(ports, trio.current_time()))
+    while True:
+        await trio.sleep(every)
+        line = activity_summary(service_stats(ports, trio.current_time()))
+        if line != last:
+            log.info("totals since start: %s", line)
+            last = line
 
 
 def live_head_urls(cache: ObjectCache, own_url: str) -> Sequence[str]:
@@ -181,10 +309,20 @@ def live_head_urls(cache: ObjectCache, own_url: str) -> Sequence[str]:
     return [own_url, *others]
 
 
-async def run_head(config: Config, *, task_status: trio.TaskStatus[HeadPorts] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run a head node until cancelled; reports HeadPorts once every service listens."""
+async def run_head(
+    config: Config,
+    *,
+    stats_log_every: float = STATS_LOG_EVERY,
+    task_status: trio.TaskStatus[HeadPorts] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a head node until cancelled; reports HeadPorts once every service listens.
+
+    Every ``stats_log_every`` seconds it logs a one-line summary of its services'
+    totals when they changed (``activity_summary``); ``GET /api/v1/stats`` has the rest.
+    """
     config.state_dir.mkdir(parents=True, exist_ok=True)
     name = head_name(config)
+    started, started_clock = time.time(), trio.current_time()
     store = open_store(config)
     try:
         objects = Objects(store)
@@ -239,6 +377,9 @@ async def run_head(config: Config, *, task_status: trio.TaskStatus[HeadPorts] = 
                 )
                 ports.services["power"] = power
                 routes = power_routes(power)
+            routes += stats_routes(
+                lambda: head_stats(ports, started, trio.current_time() - started_clock, trio.current_time())
+            )
             if config.api.enabled:
                 api = await nursery.start(serve_api, create_app(objects, config, routes), config)
                 ports.api, ports.services["api"] = api.port, api
@@ -251,10 +392,11 @@ async def run_head(config: Config, *, task_status: trio.TaskStatus[HeadPorts] = 
                     "addresses": [ports.address],
                     "http_url": own_url,
                     "api_url": f"http://{ports.address}:{ports.api}" if ports.api else "",
-                    "started": time.time(),
+                    "started": started,
                 },
                 config.store.lease_ttl,
             )
+            nursery.start_soon(log_activity, ports, stats_log_every)
             task_status.started(ports)
             await trio.sleep(math.inf)
     finally:

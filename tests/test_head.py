@@ -9,6 +9,7 @@ address from DHCP.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import socket
@@ -16,10 +17,12 @@ import struct
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
+import trio.testing
 
 from cwboot import config as cwconfig
-from cwboot.head import HeadPorts, run_head
+from cwboot.head import HeadPorts, LineReader, TftpProcess, run_head
 from cwboot.protocol import dhcp
 
 TOKEN = "test-admin-token"
@@ -158,10 +161,65 @@ async def _tftp_own_process(tmp_path: Path) -> None:
         assert child.pid != os.getpid() and ports.tftp == child.port
         result = await fetch_tftp("127.0.0.1", ports.tftp, "hello.bin", options={"blksize": "1024"})
         assert result.ok and result.data == bytes(range(256)) * 300
+        # The child reports its counters over its stdout (within a second of a change).
+        with trio.fail_after(10):
+            while child.stats.get("outcomes") != {"completed": 1}:
+                await trio.sleep(0.05)
+        assert child.stats["requests"] == 1 and child.stats["bytes_sent"] >= 256 * 300
+        assert child.reported_at is not None and child.bad_reports == 0
         nursery.cancel_scope.cancel()
     with trio.fail_after(10):
         while os.path.exists(f"/proc/{child.pid}") and "Z" not in _state(child.pid):
             await trio.sleep(0.05)
+
+
+def test_tftp_child_reports_are_read_line_by_line_and_bad_lines_counted() -> None:
+    trio.run(_child_reports)
+
+
+async def _child_reports() -> None:
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    lines = LineReader(receive, limit=64)
+    child = TftpProcess("127.0.0.1", 69, pid=1)
+    await send.send_all(b'{"stats": {"requests": 1}}\n{"stats": {"req')
+    await send.send_all(b'uests": 2}}\nnot json\n{"bound": 1}\n' + b"x" * 100)
+    await send.aclose()
+    read = []
+    while (line := await lines.next_line()) is not None:
+        read.append(line)
+        child.take_report(line, 5.0)
+    # The 100-byte line comes out in two pieces (limit 64); neither is a report.
+    assert [len(line) for line in read[-2:]] == [64, 36]
+    assert child.stats == {"requests": 2} and child.reported_at == 5.0
+    assert child.bad_reports == 4
+
+
+def test_activity_is_logged_when_it_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cwboot.head")
+    trio.run(_activity_logged, tmp_path, caplog)
+
+
+async def _activity_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = head_config(tmp_path / "state", **{"api.enabled": "false"})
+    async with trio.open_nursery() as nursery:
+        ports: HeadPorts = await nursery.start(functools.partial(run_head, cfg, stats_log_every=0.05))
+
+        def summaries() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.getMessage().startswith("totals since start")]
+
+        await trio.sleep(0.3)
+        assert summaries() == []  # nothing happened: nothing logged
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            await sock.sendto(b"not DHCP", ("127.0.0.1", ports.dhcp))
+        with trio.fail_after(10):
+            while not summaries():
+                await trio.sleep(0.05)
+        await trio.sleep(0.3)
+        # One line for the one change: DHCP replies/drops, HTTP requests/503s, TFTP transfers/failures.
+        assert summaries() == [
+            "totals since start: dhcp 0 replies, 1 drops; http 0 requests, 0 503s, 0 drops; tftp 0 transfers, 0 failed"
+        ]
+        nursery.cancel_scope.cancel()
 
 
 def _state(pid: int) -> str:

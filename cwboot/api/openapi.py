@@ -154,7 +154,10 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
             continue
         op: dict[str, Any] = {
             "summary": route.summary or f"{route.method} {route.path}",
-            "responses": {"200": {"description": "success", "content": _json_content({})}, **_COMMON_ERRORS},
+            "responses": {
+                "200": {"description": "success", "content": _json_content(route.response_schema or {})},
+                **_COMMON_ERRORS,
+            },
         }
         if route.required_access == "public":
             op["security"] = []

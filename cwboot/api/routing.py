@@ -15,8 +15,8 @@ follows its method: GET reads, everything else writes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from cwboot.api.http import ApiError, Request, Response
 
@@ -28,13 +28,15 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 @dataclass(frozen=True)
 class Route:
-    """One endpoint. ``summary`` is its one-line description in the OpenAPI document."""
+    """One endpoint. ``summary`` is its one-line description in the OpenAPI document,
+    ``response_schema`` the JSON schema of its 200 answer there (None: any JSON)."""
 
     method: str
     path: str
     handler: Handler
     access: Access | None = None
     summary: str = ""
+    response_schema: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "pools",
     "status",
     "heads",
+    "stats",
     "bench",
     "power",
     "demo",
