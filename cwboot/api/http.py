@@ -10,7 +10,7 @@ status and a one-line message, sent as ``{"error": "..."}``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -45,6 +45,8 @@ class Response:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # Instead of ``body``: chunks sent as they come (chunked encoding), e.g. NDJSON lines.
+    stream: AsyncIterator[bytes] | None = None
 
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -167,6 +169,12 @@ def parse_query_untrusted(raw: bytes) -> dict[str, str]:
 
 async def send_response(send: Send, response: Response) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    if response.stream is not None:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        async for chunk in response.stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

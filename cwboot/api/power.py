@@ -15,22 +15,32 @@ seconds of its turn, see cwboot.control.power.service):
 
 ``results`` is in completion order. A node that fails is a result with
 ``ok: false`` and an ``error``, never an HTTP error: only a malformed request
-is (400). Every op needs an admin token, status included (it logs in to BMCs
+is (400).
+
+Streamed instead (``Accept: application/x-ndjson`` or ``?stream=1``): a 200
+with ``Content-Type: application/x-ndjson`` whose body is one result object a
+line, each sent the moment its node finishes; the body ends (chunked
+encoding's last chunk) after the last node. A malformed request is still a
+plain 400 before anything is streamed. Every op needs an admin token, status included (it logs in to BMCs
 with their credentials). Register with ``create_app(..., extra_routes=power_routes(service))``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import trio
 
 from cwboot.api.http import ApiError, Request, Response, json_response
 from cwboot.api.object_routes import API_PREFIX
 from cwboot.api.routing import Route
 from cwboot.cli.noderange import NodeRangeError, expand_all
-from cwboot.control.power import OPS, PowerError, PowerRequest, PowerService
+from cwboot.control.power import OPS, PowerError, PowerRequest, PowerResult, PowerService
 
 # Most nodes one request may name.
 MAX_NODES = 100_000
+NDJSON = "application/x-ndjson"
 
 
 def power_request_untrusted(op: str, body: Any) -> tuple[list[str], PowerRequest]:
@@ -64,6 +74,35 @@ def power_request_untrusted(op: str, body: Any) -> tuple[list[str], PowerRequest
         raise ApiError(400, str(exc)) from None
 
 
+def wants_stream_untrusted(request: Request) -> bool:
+    """Whether the client asked for NDJSON: ``?stream=1`` or an Accept header naming it."""
+    flag = request.query.get("stream")
+    if flag is not None and flag not in ("0", "1"):
+        raise ApiError(400, f"query parameter 'stream': expected 0 or 1, not {flag[:20]!r}")
+    if flag is not None:
+        return flag == "1"
+    accept = request.headers.get("accept", "").lower()
+    return any(part.split(";")[0].strip() == NDJSON for part in accept.split(","))
+
+
+class _ResultLines:
+    """The power results as NDJSON lines, each as soon as its node has finished."""
+
+    def __init__(self, results: trio.MemoryReceiveChannel[PowerResult]) -> None:
+        self.results = results
+
+    def __aiter__(self) -> _ResultLines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            result = await self.results.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self.results.close()
+            raise StopAsyncIteration from None
+        return json.dumps(result.to_json(), separators=(",", ":")).encode() + b"\n"
+
+
 class PowerHandlers:
     def __init__(self, service: PowerService) -> None:
         self.service = service
@@ -73,6 +112,9 @@ class PowerHandlers:
         if op not in OPS:
             raise ApiError(404, f"unknown power operation {op!r}: expected one of {', '.join(OPS)}")
         names, power_request = power_request_untrusted(op, await request.json())
+        if wants_stream_untrusted(request):
+            lines = _ResultLines(self.service.submit(names, power_request))
+            return Response(200, headers={"content-type": NDJSON}, stream=lines)
         results = [r.to_json() for r in await self.service.run(names, power_request)]
         ok = sum(1 for r in results if r["ok"])
         return json_response({"op": op, "ok": ok, "failed": len(results) - ok, "results": results})
@@ -87,6 +129,6 @@ def power_routes(service: PowerService) -> list[Route]:
             f"{API_PREFIX}/power/{{op}}",
             handlers.run,
             access="admin",
-            summary="Power operation on nodes: status, on, off, soft, cycle, reset, bootdev (per-node results)",
+            summary="Power operation on nodes: status, on, off, soft, cycle, reset, bootdev (per-node results; NDJSON stream with ?stream=1 or Accept: application/x-ndjson)",
         )
     ]

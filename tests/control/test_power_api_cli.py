@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +50,7 @@ class Head:
 
 
 @contextmanager
-def power_head(tmp_path: Path, bmcs: list[SimulatedBmc]) -> Iterator[Head]:
+def power_head(tmp_path: Path, bmcs: list[SimulatedBmc], timeout: float = 2.0) -> Iterator[Head]:
     config: Config = from_dict(
         {
             "head": {"state_dir": str(tmp_path)},
@@ -58,7 +60,7 @@ def power_head(tmp_path: Path, bmcs: list[SimulatedBmc]) -> Iterator[Head]:
                 "admin_tokens": [ADMIN],
                 "read_tokens": [READER],
             },
-            "power": {"workers": 4, "max_concurrent": 8, "timeout": 2.0},
+            "power": {"workers": 4, "max_concurrent": 8, "timeout": timeout},
         }
     )
     started: queue.Queue[Any] = queue.Queue()
@@ -135,7 +137,8 @@ def test_cli_every_operation(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             "SECONDS",
             "ERROR",
         ]
-        assert [line.split()[:3] for line in out[1:]] == [[f"n{i}", "ok", "off"] for i in range(4)]
+        # Rows come in completion order, as each node finishes.
+        assert sorted(line.split()[:3] for line in out[1:]) == [[f"n{i}", "ok", "off"] for i in range(4)]
 
         assert cli(head, "power", "on", "n[0-1]", "--bootdev", "pxe") == 0
         assert [b.power_on for b in head.bmcs] == [True, True, False, False]
@@ -143,8 +146,11 @@ def test_cli_every_operation(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         capsys.readouterr()
 
         assert cli(head, "power", "bootdev", "disk", "n2", "--once", "--json") == 0
-        answer = json.loads(capsys.readouterr().out)
-        assert answer["ok"] == 1 and answer["results"][0]["bootdev"] == "disk"
+        lines = capsys.readouterr().out.splitlines()  # one JSON object a line (NDJSON)
+        assert [json.loads(line) for line in lines] == [
+            {"node": "n2", "op": "bootdev", "ok": True, "bootdev": "disk", "attempts": 1,
+             "elapsed": json.loads(lines[0])["elapsed"]}
+        ]
         assert (head.bmcs[2].boot_device, head.bmcs[2].boot_persistent) == ("disk", False)
         assert cli(head, "power", "bootdev", "pxe", "n3") == 0
         assert (head.bmcs[3].boot_device, head.bmcs[3].boot_persistent) == ("pxe", True)
@@ -211,3 +217,71 @@ def test_api_power_endpoint(tmp_path: Path) -> None:
             assert reader.post("/api/v1/power/status", json={"nodes": "n0"}).status_code == 403
         assert all(b.power_on for b in head.bmcs)
         assert sum(b.stats.sessions_opened for b in head.bmcs) == 6
+
+
+# Two fast BMCs and one that holds each reply 0.4 s (an operation is ~7 round trips).
+def fast_and_slow_bmcs() -> list[SimulatedBmc]:
+    return [
+        *make_bmcs(2, BmcOptions(password=SECRET)),
+        SimulatedBmc("slow", BmcOptions(password=SECRET, delay=0.4)),
+    ]
+
+
+def slow_node_done(head: Head) -> bool:
+    """Whether the slow BMC (n2) has logged its session out: its operation is over."""
+    return head.bmcs[2].stats.sessions_closed > 0
+
+
+def test_api_streams_each_node_as_it_finishes(tmp_path: Path) -> None:
+    with power_head(tmp_path, fast_and_slow_bmcs(), timeout=30.0) as head, head.client() as admin:
+        for params, headers in (({"stream": "1"}, {}), ({}, {"accept": "application/x-ndjson"})):
+            seen: list[tuple[dict[str, Any], bool]] = []
+            with admin.stream(
+                "POST", "/api/v1/power/on", params=params, headers=headers, json={"nodes": "n[0-2]"}
+            ) as r:
+                assert r.status_code == 200
+                assert r.headers["content-type"] == "application/x-ndjson"
+                for line in r.iter_lines():
+                    # Checked on arrival: was the slow node still running?
+                    seen.append((json.loads(line), slow_node_done(head)))
+            assert [(x["node"], x["ok"]) for x, _ in seen[:2]] in (
+                [("n0", True), ("n1", True)],
+                [("n1", True), ("n0", True)],
+            )
+            assert [done for _, done in seen[:2]] == [False, False], "fast results waited for the slow one"
+            assert (seen[2][0]["node"], seen[2][0]["ok"], seen[2][1]) == ("n2", True, True)
+            head.bmcs[2].stats.sessions_closed = 0
+        # Without asking, the answer is still one JSON document; a bad flag is a 400.
+        r = admin.post("/api/v1/power/status", json={"nodes": "n0"})
+        assert r.headers["content-type"] == "application/json" and r.json()["ok"] == 1
+        r = admin.post("/api/v1/power/status?stream=yes", json={"nodes": "n0"})
+        assert r.status_code == 400 and "'stream'" in r.json()["error"]
+        r = admin.post("/api/v1/power/on?stream=1", json={"nodes": "n[0-"})
+        assert r.status_code == 400 and "field 'nodes'" in r.json()["error"]
+
+
+def test_cli_prints_each_row_as_it_arrives(tmp_path: Path) -> None:
+    with power_head(tmp_path, fast_and_slow_bmcs(), timeout=30.0) as head:
+        for extra in ((), ("--json",)):
+            argv = [sys.executable, "-m", "cwboot", "power", "cycle", "n[0-2]", "nobody", *extra]
+            with subprocess.Popen(
+                [*argv, "--url", head.url, "--token", ADMIN],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as cli_process:
+                assert cli_process.stdout is not None and cli_process.stderr is not None
+                # Each line with whether the slow node was still running when it was printed.
+                seen = [(line.rstrip("\n"), slow_node_done(head)) for line in cli_process.stdout]
+                err = cli_process.stderr.read()
+            assert cli_process.returncode == 1 and "cwboot: 1 of 4 nodes failed" in err, err
+            if not extra:
+                header, *seen = seen
+                assert header[0].split()[:2] == ["NODE", "RESULT"]
+                nodes = [(line.split()[0], done) for line, done in seen]
+            else:
+                nodes = [(json.loads(line)["node"], done) for line, done in seen]
+            # "nobody" and the fast nodes are printed while the slow one still runs.
+            assert sorted(nodes[:3]) == [("n0", False), ("n1", False), ("nobody", False)], seen
+            assert nodes[3] == ("n2", True), seen
+            head.bmcs[2].stats.sessions_closed = 0
