@@ -17,8 +17,9 @@ and one I/O thread. Two flaws show up as soon as several threads use it:
    datagrams already queued for that BMC and return at once; and never sleep
    longer than ``MAX_WAIT`` (callers loop and re-check).
 
-tests/control/test_power_pyghmi_fixes.py shows both the stalls without these
-patches and their absence with them.
+tests/control/test_power_pyghmi_fixes.py counts both kinds of stall (as
+events, with probes in pyghmi's I/O) without these patches and finds none
+with them.
 """
 
 from __future__ import annotations
