@@ -15,10 +15,17 @@ Each capture is decoded by both codecs (must be equal), then answered by the
 boot policy with both codecs building the reply (must be byte-identical); the
 text rendering of request and reply is compared with ``<name>.txt``. Set
 ``CWBOOT_REGEN_GOLDEN=1`` to rewrite the expectations after a deliberate change.
+
+The node table gives the capture's MAC the index whose pool address is the one a
+REQUEST asks for (option 50, or ciaddr), so every captured REQUEST gets its ACK.
+Two variants on purpose: ``udhcpc-request-nak`` (the node sits at index 0, so the
+REQUEST names another address: NAK, RFC 2131 4.3.2) and ``ipxe-bios-0-proxy``
+(the iPXE DISCOVER answered in proxyDHCP mode).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -53,15 +60,29 @@ def render(pkt: DhcpPacket) -> str:
     return "\n".join(lines)
 
 
-def table(macs: list[str]) -> NodeTable:
+POOL_NETWORK = ipaddress.IPv4Network("10.99.0.0/16")
+IP_OFFSET = 1000
+
+
+def table(request: DhcpPacket, *, seeded: bool = True) -> NodeTable:
+    """The request's MAC as node ``n<i>``; seeded: ``i`` is where the requested address is."""
+    index = 0
+    requested = request.options.get(50) or request.ciaddr
+    if seeded and requested != bytes(4):
+        index = int(ipaddress.IPv4Address(requested)) - int(POOL_NETWORK.network_address) - IP_OFFSET
+        assert index >= 0, f"{request.mac} asks for {ipaddress.IPv4Address(requested)}: not in the pool"
     pool = validate_new(
-        "naming_pool", {"name": "default", "network": "10.99.0.0/16", "ip_offset": 1000}, 0.0
+        "naming_pool", {"name": "default", "network": str(POOL_NETWORK), "ip_offset": IP_OFFSET}, 0.0
     )
-    docs = [
-        {**validate_new("node", {"index": i, "mac": [m]}, 0.0), "name": f"n{i}"}
-        for i, m in enumerate(macs)
-    ]
-    return NodeTable(docs, [pool])
+    node = {**validate_new("node", {"index": index, "mac": [request.mac]}, 0.0), "name": f"n{index}"}
+    return NodeTable([node], [pool])
+
+
+# (capture, variant): "" = as captured, "nak" = node table not seeded, "proxy" = proxyDHCP mode.
+CASES = [(p, "") for p in CAPTURES] + [
+    (GOLDEN / "udhcpc-request.bin", "nak"),
+    (GOLDEN / "ipxe-bios-0.bin", "proxy"),
+]
 
 
 def test_every_kind_of_client_was_captured() -> None:
@@ -70,13 +91,16 @@ def test_every_kind_of_client_was_captured() -> None:
     assert {"ipxe-bios", "ipxe-uefi", "uefi-pxe"} <= names
 
 
-@pytest.mark.parametrize("capture", CAPTURES, ids=[p.stem for p in CAPTURES])
-def test_golden_capture(capture: Path) -> None:
+@pytest.mark.parametrize(
+    ("capture", "variant"), CASES, ids=[f"{p.stem}-{v}" if v else p.stem for p, v in CASES]
+)
+def test_golden_capture(capture: Path, variant: str) -> None:
     data = capture.read_bytes()
     request = _wire_py.parse_untrusted(data)
     assert _wire_c.parse_untrusted(data) == request
-    policy = BootPolicy(head_address="10.99.0.1", http_port=8081, router="10.99.0.1")
-    decision = policy.decide(request, table([request.mac]))
+    mode = "proxy" if variant == "proxy" else "authoritative"
+    policy = BootPolicy(mode=mode, head_address="10.99.0.1", http_port=8081, router="10.99.0.1")
+    decision = policy.decide(request, table(request, seeded=variant != "nak"))
     assert isinstance(decision, Reply), decision
     args = (request, decision.message_type, decision.ciaddr, decision.yiaddr, decision.siaddr,
             decision.sname, decision.file, decision.options)  # fmt: skip
@@ -85,7 +109,7 @@ def test_golden_capture(capture: Path) -> None:
     text = f"# request\n{render(request)}\n# reply\n{render(_wire_c.parse_untrusted(reply))}\n"
     if decision.warnings:
         text += f"# warnings {' '.join(decision.warnings)}\n"
-    expected = capture.with_suffix(".txt")
+    expected = capture.with_name(f"{capture.stem}-{variant}.txt" if variant else f"{capture.stem}.txt")
     if os.environ.get("CWBOOT_REGEN_GOLDEN") == "1":
         expected.write_text(text)
     assert expected.exists(), (

@@ -36,7 +36,7 @@ CMDLINE = "console=ttyS0 panic=-1 no_timer_check"
 INITRAMFS_MODULES = ("virtio_pci", "virtio_net", "overlay")
 
 
-def config_toml(state_dir: Path, head_ip: str, subnet_mask: str) -> str:
+def config_toml(state_dir: Path, head_ip: str, subnet_mask: str, dhcp_mode: str = "authoritative") -> str:
     return f"""[head]
 name = "vmhead"
 state_dir = "{state_dir}"
@@ -49,6 +49,7 @@ admin_tokens = ["{TOKEN}"]
 
 [dhcp]
 interface = "br0"
+mode = "{dhcp_mode}"
 subnet_mask = "{subnet_mask}"
 
 [http]
@@ -81,12 +82,13 @@ class CwbootHead:
     """``cwboot serve`` in ``netns`` with ``nodes`` nodes (n0.. with MACs ``mac_for(i)``)."""
 
     def __init__(
-        self, netns: Netns, state_dir: Path, nodes: int, *, boot_style: str = "rwram"
+        self, netns: Netns, state_dir: Path, nodes: int, *, boot_style: str = "rwram",
+        dhcp_mode: str = "authoritative",
     ) -> None:
         self.netns = netns
         self.log = state_dir / "cwboot-serve.log"
         config = state_dir / "cwboot.toml"
-        config.write_text(config_toml(state_dir, netns.head_ip, str(netns.network.netmask)))
+        config.write_text(config_toml(state_dir, netns.head_ip, str(netns.network.netmask), dhcp_mode))
         with self.log.open("wb") as out:
             self.proc = netns.popen(
                 [
