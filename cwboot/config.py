@@ -81,6 +81,10 @@ class DhcpConfig:
     unknown_mac: str = "ignore"
     # Naming pool that enrolled nodes join.
     enrol_pool: str = "default"
+    # Enrolments admitted per second (token bucket) and at once: any MAC on the wire,
+    # spoofed ones too, could otherwise create store objects without bound.
+    enrol_rate: float = 10.0
+    enrol_burst: int = 20
     rcvbuf_bytes: int = 8 * 1024 * 1024
     # Boot loaders by client architecture (option 93): BIOS, x86-64 UEFI ("ipxe.efi" or
     # "snponly.efi"), arm64 UEFI. UEFI HTTP boot gets http://<head>/boot/loader/<name>.
@@ -225,6 +229,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"dhcp.mode: expected 'authoritative' or 'proxy', got {cfg.dhcp.mode!r}")
     if cfg.dhcp.unknown_mac not in ("ignore", "enrol"):
         raise ConfigError(f"dhcp.unknown_mac: expected 'ignore' or 'enrol', got {cfg.dhcp.unknown_mac!r}")
+    if not cfg.dhcp.enrol_rate > 0:
+        raise ConfigError(f"dhcp.enrol_rate: expected > 0 enrolments per second, got {cfg.dhcp.enrol_rate!r}")
+    if cfg.dhcp.enrol_burst < 1:
+        raise ConfigError(f"dhcp.enrol_burst: expected >= 1, got {cfg.dhcp.enrol_burst!r}")
     for section in ("api", "dhcp", "tftp", "http"):
         port = getattr(cfg, section).port
         if not 0 <= port <= 65535:

@@ -34,6 +34,8 @@ def test_file_and_overrides(tmp_path: Path) -> None:
         ('[dhcp]\nport = "67"\n', "dhcp.port: expected int"),
         ("[dhcp]\nport = true\n", "dhcp.port: expected an integer"),
         ("[dhcp]\nport = 70000\n", "dhcp.port: 70000 is not a port number"),
+        ("[dhcp]\nenrol_rate = 0\n", "dhcp.enrol_rate: expected > 0"),
+        ("[dhcp]\nenrol_burst = 0\n", "dhcp.enrol_burst: expected >= 1"),
         ('[store]\nbackend = "redis"\n', "store.backend"),
         ("[api]\nadmin_tokens = [1]\n", "api.admin_tokens[0]"),
         ("dhcp = 1\n", "'dhcp' must be a table"),

@@ -24,7 +24,11 @@ Every datagram that gets no answer is counted with its reason in
 Unknown MACs with ``dhcp.unknown_mac = "enrol"``: the MAC goes into a bounded
 queue and a separate task awaits ``enrol(mac)`` (the head passes a callback
 that creates the node with compare-and-swap); the client's next retry finds
-the node in the cache. A MAC is enrolled once at a time.
+the node in the cache. A MAC is enrolled once at a time. Every MAC on the
+wire can ask, spoofed ones included, and each enrolment writes a store object,
+so a token bucket (``dhcp.enrol_rate`` per second, ``dhcp.enrol_burst`` at
+once; trio's clock) admits datagrams into that queue; the rest are counted as
+``"enrol rate limited"``.
 
 Replies whose RFC 2131 4.1 destination is "unicast to chaddr" (no ciaddr,
 no broadcast flag, no relay) are broadcast instead: the service keeps no ARP
@@ -38,6 +42,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +51,7 @@ from typing import Any
 import trio
 
 from cwboot.policy.dhcp import BootPolicy, Enrol, NodeLookup, Reply, send_decision
+from cwboot.policy.token_bucket import TokenBucket
 from cwboot.protocol.dhcp import BadPacket, DhcpPacket, build_reply, parse_untrusted
 
 log = logging.getLogger(__name__)
@@ -68,7 +74,6 @@ class DhcpStats:
     warnings: Counter[str] = field(default_factory=Counter)  # replied, but worth noting
     enrolled: int = 0
     enrol_failed: int = 0
-    batches: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +83,6 @@ class DhcpStats:
             "warnings": dict(self.warnings),
             "enrolled": self.enrolled,
             "enrol_failed": self.enrol_failed,
-            "batches": self.batches,
         }
 
 
@@ -99,10 +103,22 @@ _TYPE_NAMES = {2: "offer", 5: "ack", 6: "nak"}
 class DhcpResponder:
     """The per-datagram work, without sockets: bytes in, (bytes, destination) out."""
 
-    def __init__(self, policy: BootPolicy, lookup: NodeLookup, stats: DhcpStats) -> None:
+    def __init__(
+        self,
+        policy: BootPolicy,
+        lookup: NodeLookup,
+        stats: DhcpStats,
+        *,
+        enrol_limit: TokenBucket | None = None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
         self.lookup = lookup
         self.stats = stats
+        # Admits unknown MACs into the enrol queue (None: no limit); ``now`` is its clock
+        # (serve_dhcp passes trio's, readable from the receive thread).
+        self.enrol_limit = enrol_limit
+        self.now = now
         # MACs for the enrol task (appended by the receive thread); None without an enrol callback.
         self.to_enrol: deque[str] | None = None
 
@@ -132,6 +148,8 @@ class DhcpResponder:
             if type(decision) is Enrol:
                 if self.to_enrol is None:
                     stats.dropped["unknown MAC (no enrol callback)"] += 1
+                elif self.enrol_limit is not None and not self.enrol_limit.take(self.now()):
+                    stats.dropped["enrol rate limited"] += 1
                 else:
                     stats.dropped["enrolling"] += 1
                     self.to_enrol.append(decision.mac)
@@ -304,7 +322,9 @@ async def serve_dhcp(
     """Serve DHCP (``config`` is a cwboot.config.DhcpConfig) until cancelled."""
     policy = BootPolicy.from_config(config, head_address=head_address, http_port=http_port)
     stats = DhcpStats()
-    responder = DhcpResponder(policy, lookup, stats)
+    clock = trio.lowlevel.current_clock()
+    limit = TokenBucket(config.enrol_rate, config.enrol_burst, clock.current_time())
+    responder = DhcpResponder(policy, lookup, stats, enrol_limit=limit, now=clock.current_time)
     sockets = [_open_socket(config.listen, config.port, config.interface, config.rcvbuf_bytes)]
     try:
         if policy.proxy:

@@ -240,6 +240,35 @@ def test_unknown_mac_is_enrolled_off_the_hot_path_then_answered(pair: NetnsPair)
     run(pair, body, lookup=table, enrol=enrol, unknown_mac="enrol")
 
 
+def test_a_flood_of_unknown_macs_is_enrolled_at_most_at_the_allowed_rate(pair: NetnsPair) -> None:
+    table = nodes()
+    enrolled: list[str] = []
+    flood = [f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}" for i in range(300)]
+
+    async def enrol(mac: str) -> None:
+        enrolled.append(mac)
+        table.add({"name": f"e{len(enrolled)}", "index": 100 + len(enrolled), "mac": [mac],
+                   "naming_pool": "default"})  # fmt: skip
+
+    async def body(bound: DhcpBound) -> None:
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        start = trio.current_time()
+        for mac in flood:  # spoofed MACs, back to back
+            await sock.sendto(discover(mac), (SERVER, 67))
+        stats = bound.stats
+        while stats.received < len(flood) or stats.enrolled < stats.dropped["enrolling"]:
+            await trio.sleep(0.01)
+        elapsed = trio.current_time() - start
+        admitted = stats.dropped["enrolling"]
+        assert admitted + stats.dropped["enrol rate limited"] == len(flood)
+        # The burst at once, then at most enrol_rate per second of the flood.
+        assert 5 <= len(enrolled) == admitted <= 5 + elapsed * 2
+        assert set(enrolled) <= set(flood) and len(set(enrolled)) == len(enrolled)
+
+    run(pair, body, lookup=table, enrol=enrol, unknown_mac="enrol", enrol_rate=2.0, enrol_burst=5)
+
+
 def test_unknown_mac_ignored_by_default(pair: NetnsPair) -> None:
     async def body(bound: DhcpBound) -> None:
         sock = client_socket(pair)
