@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -380,7 +381,7 @@ class ImageStore:
         with open(self.root / "lock") as lockf:
             fcntl.flock(lockf, fcntl.LOCK_SH)
             work = self.root / "tmp" / f"import-{uuid.uuid4().hex}"
-            work.mkdir()
+            work.mkdir(mode=0o700)  # an archive's device nodes stay out of other users' reach
             # held while this import lives: gc treats an unlocked tmp folder as dead
             with open(work / "lock", "w") as alive:
                 fcntl.flock(alive, fcntl.LOCK_EX)
@@ -456,6 +457,9 @@ class ImageStore:
 
         The archive is unpacked into the import's tmp folder and imported as a
         tree, so a tar and the directory it came from give the same chunks.
+        Archives are untrusted: a member that would land outside that folder
+        (absolute or '..' names, paths through symlinks, hard links out) raises
+        ``UnsafeArchive`` and nothing is published (``_RootfsFilter``).
         """
         mf.check_name(name)
         src = Path(tar_path)
@@ -463,7 +467,10 @@ class ImageStore:
             tree = work / "tree"
             tree.mkdir()
             with _open_tar(src) as tar:
-                members = tar.getnames()
+                try:
+                    members = tar.getnames()
+                except tarfile.TarError as exc:
+                    raise ImageError(f"{src}: unreadable archive ({exc})") from None
             if "manifest.json" in members and not any(
                 m.startswith(("etc/", "usr/", "bin/")) for m in members
             ):
@@ -471,7 +478,7 @@ class ImageStore:
                 label = f"container:{src.name}"
             else:
                 with _open_tar(src) as tar:
-                    tar.extractall(tree, numeric_owner=True, filter="fully_trusted")
+                    _extract_untrusted(tar, tree, src.name)
                 label = f"tar:{src.name}"
             return self._import_walk(name, tree, work, version, progress, label)
 
@@ -765,49 +772,189 @@ def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
         raise ImageError(f"{path}: not a tar archive ({exc})") from None
 
 
+class UnsafeArchive(ImageError):
+    """A tar/docker-save archive would write outside the import's staging tree; nothing was published."""
+
+
+def _clean_member_path(archive: str, name: str, what: str) -> str:
+    """A member name or hard-link target -> a relative path without '.'/'' parts ('' = the root).
+
+    Absolute paths and '..' components are refused, not rewritten: an archive
+    that carries them was not made from a root tree by ``tar -C root``.
+    """
+    if name.startswith("/"):
+        raise UnsafeArchive(f"{archive}: {what} {name!r} is an absolute path; import aborted")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"{archive}: {what} {name!r} has a '..' component; import aborted")
+    return "/".join(parts)
+
+
+def _lstat_inside(root: Path, rel: str, archive: str, member: str) -> os.stat_result | None:
+    """lstat of ``root/rel`` after checking that every parent on the way is a real directory.
+
+    Extracting through a symlink (``evil -> /etc`` then ``evil/passwd``) is how an
+    archive escapes; the staging tree is ours alone (mode 0700), so what lstat
+    sees here is what the extraction that follows meets.
+    """
+    cur = root
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeArchive(
+                f"{archive}: member {member!r} goes through the symlink "
+                f"{cur.relative_to(root)}; import aborted"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchive(
+                f"{archive}: member {member!r} goes through the non-directory "
+                f"{cur.relative_to(root)}; import aborted"
+            )
+    try:
+        return os.lstat(root / rel)
+    except FileNotFoundError:
+        return None
+
+
+def _remove_inside(root: Path, rel: str, st: os.stat_result) -> None:
+    """Remove what ``_lstat_inside`` found; never follows a symlink (rmtree is fd-based on Linux)."""
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(root / rel)
+    else:
+        os.unlink(root / rel)
+
+
+class _RootfsFilter:
+    """tarfile extraction filter for untrusted root filesystem archives (``extractall(filter=...)``).
+
+    Why not the stdlib's: ``tar_filter`` clears setuid/setgid/sticky and
+    group/other write bits (``/usr/bin/sudo``, ``/tmp`` need them) and silently
+    strips a leading '/'; ``data_filter`` also refuses device nodes and absolute
+    symlinks (``/usr/bin/foo -> /bin/busybox`` is normal inside an image); and
+    both decide from ``os.path.realpath`` strings, which Python 3.11.7 gets
+    wrong in known ways (CVE-2025-4517 and relatives, fixed in 3.11.13). This
+    filter keeps everything a directory import keeps (modes, numeric owners,
+    symlinks with any target, hard links, device nodes, FIFOs) and instead
+    checks the staging tree itself, member by member (tarfile calls the filter
+    just before extracting each one):
+
+    * names and hard-link targets must be relative without '..' (refused);
+    * no member is extracted through a symlink or a non-directory;
+    * an existing entry at the member's path is removed first (tar's own
+      behaviour), so nothing is written *through* an earlier symlink or into a
+      hard-linked inode; replacing a directory this archive extracted is
+      refused (tarfile sets directory modes at the end, through the path);
+    * a hard link must name an entry already extracted (not a directory); a
+      hard link to a symlink becomes a copy of that symlink (what a directory
+      import of the same tree produces).
+
+    Refusals raise ``UnsafeArchive``; the import is aborted and its staging
+    folder removed. Device nodes are kept (ARCHIVE_RULES keep them for
+    directory imports too); the staging folder is 0700, so no other local user
+    can reach one while an import runs.
+    """
+
+    def __init__(self, root: Path, archive: str) -> None:
+        self.root = root
+        self.archive = archive
+        self.dirs: set[str] = set()  # directories extracted by this archive
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        rel = _clean_member_path(self.archive, member.name, "member")
+        if not rel:
+            return None  # the root itself: its attributes are not part of an image
+        existing = _lstat_inside(self.root, rel, self.archive, member.name)
+        out = copy.copy(member)  # tarfile's own filters return a changed copy too
+        out.name = rel
+        if member.islnk():
+            src = _clean_member_path(self.archive, member.linkname, f"hard link {member.name!r} to")
+            target = _lstat_inside(self.root, src, self.archive, member.name) if src else None
+            if target is None or stat.S_ISDIR(target.st_mode) or src == rel:
+                raise UnsafeArchive(
+                    f"{self.archive}: hard link {member.name!r} names {member.linkname!r}, "
+                    "which is not a file extracted before it; import aborted"
+                )
+            if stat.S_ISLNK(target.st_mode):
+                out.type, out.linkname = tarfile.SYMTYPE, os.readlink(self.root / src)
+            else:
+                out.linkname = src
+        if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
+            if stat.S_ISDIR(existing.st_mode) and any(
+                d == rel or d.startswith(rel + "/") for d in self.dirs
+            ):
+                raise UnsafeArchive(
+                    f"{self.archive}: member {member.name!r} replaces a directory the same "
+                    "archive extracted; import aborted"
+                )
+            _remove_inside(self.root, rel, existing)
+        if member.isdir():
+            self.dirs.add(rel)
+        return out
+
+
+def _extract_untrusted(tar: tarfile.TarFile, root: Path, archive: str, **kw: Any) -> None:
+    """Unpack an archive from outside into ``root`` (see ``_RootfsFilter``); UnsafeArchive if it tries to escape."""
+    try:
+        tar.extractall(root, numeric_owner=True, filter=_RootfsFilter(root, archive), **kw)
+    except tarfile.TarError as exc:
+        raise ImageError(f"{archive}: unreadable archive ({exc})") from None
+
+
+def _inside(root: Path, rel: str, archive: str) -> Path:
+    """``root/rel`` resolved, as long as it stays under root (docker-save links identical layers)."""
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise UnsafeArchive(f"{archive}: {rel!r} is not a file inside the archive; import aborted")
+    return path
+
+
 def _unpack_container(src: Path, tree: Path, work: Path) -> None:
     """``docker save``/OCI tarball: apply its layers in order, honouring whiteouts (.wh.*)."""
     layers_dir = work / "layers"
     layers_dir.mkdir()
     with _open_tar(src) as tar:
-        tar.extractall(layers_dir, filter="fully_trusted")
-    doc = json.loads((layers_dir / "manifest.json").read_bytes())
+        _extract_untrusted(tar, layers_dir, src.name)
+    doc = json.loads(_inside(layers_dir, "manifest.json", src.name).read_bytes())
     if not isinstance(doc, list) or not doc or "Layers" not in doc[0]:
         raise ImageError(f"{src}: manifest.json is not a docker-save manifest")
     for layer in doc[0]["Layers"]:
-        layer_path = (layers_dir / layer).resolve()
-        if not layer_path.is_relative_to(layers_dir.resolve()):
-            raise ImageError(f"{src}: layer path {layer!r} escapes the archive")
-        _apply_layer(layer_path, tree)
+        if not isinstance(layer, str):
+            raise ImageError(f"{src}: manifest.json names a layer that is not a path")
+        _apply_layer(_inside(layers_dir, layer, src.name), tree, f"{src.name}:{layer}")
 
 
-def _apply_layer(layer: Path, tree: Path) -> None:
+def _apply_layer(layer: Path, tree: Path, label: str) -> None:
+    """One layer over the tree: its whiteouts first (they hide lower layers only), then its entries.
+
+    Whiteout targets are checked like member names: a whiteout never removes
+    anything through a symlink an earlier layer made.
+    """
     with _open_tar(layer) as tar:
-        members = tar.getmembers()
         keep: list[tarfile.TarInfo] = []
-        for m in members:
-            parent, _, base = m.name.rstrip("/").rpartition("/")
-            target_dir = tree / parent if parent else tree
+        for m in tar.getmembers():
+            rel = _clean_member_path(label, m.name, "member")
+            parent, _, base = rel.rpartition("/")
             if base == ".wh..wh..opq":
-                if target_dir.is_dir():
-                    for child in target_dir.iterdir():
-                        _remove(child)
+                _lstat_inside(tree, rel, label, m.name)  # refuses a symlink on the way
+                folder = tree / parent
+                if folder.is_dir():  # a real directory: every parent was just checked
+                    for child in folder.iterdir():
+                        _remove_inside(tree, str(child.relative_to(tree)), os.lstat(child))
             elif base.startswith(".wh."):
-                _remove(target_dir / base[4:])
+                hidden = _clean_member_path(
+                    label, f"{parent}/{base[4:]}" if parent else base[4:], f"whiteout {m.name!r} of"
+                )
+                st = _lstat_inside(tree, hidden, label, m.name) if hidden else None
+                if st is not None:
+                    _remove_inside(tree, hidden, st)
             else:
                 keep.append(m)
-        for m in keep:
-            dest = tree / m.name
-            if (dest.exists() or dest.is_symlink()) and not (m.isdir() and dest.is_dir()):
-                _remove(dest)
-        tar.extractall(tree, members=keep, numeric_owner=True, filter="fully_trusted")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+        _extract_untrusted(tar, tree, label, members=keep)
 
 
 def read_chunk(store: ImageStore, cid: str) -> bytes:

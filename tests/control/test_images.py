@@ -10,16 +10,18 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
-from cwboot.control.images import ImageError, ImageStore, read_chunk
+from cwboot.control.images import ImageError, ImageStore, UnsafeArchive, read_chunk
 from cwboot.control.repo import Objects
 from cwboot.control.store.embedded import EmbeddedStore
 
@@ -285,3 +287,310 @@ def test_sync_objects_mirrors_versions_into_image_objects(tmp_path: Path) -> Non
     assert [v["version"] for v in doc["versions"]] == ["1", "2"]
     assert doc["versions"][0]["manifest"] == "/images/img/1/manifest"
     assert doc["versions"][0]["raw_size"] > 0
+
+
+# -- untrusted archives: nothing may land outside the import's staging folder
+
+# the staging tree is <store>/tmp/import-<id>/tree: four '..' from it is tmp_path with the store at tmp_path/"s"
+UP = "../../../../"
+
+
+def reg(name: str, data: bytes = b"x", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    return info, data
+
+
+def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, b""
+
+
+def directory(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, mode
+    return info, b""
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def docker_save(path: Path, layers: list[list[tuple[tarfile.TarInfo, bytes]]]) -> Path:
+    names = [f"l{i}/layer.tar" for i in range(len(layers))]
+    docs = [reg(n, tar_bytes(members)) for n, members in zip(names, layers, strict=True)]
+    docs.append(reg("manifest.json", json.dumps([{"Config": "c.json", "Layers": names}]).encode()))
+    path.write_bytes(tar_bytes(docs))
+    return path
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the store with a file an escaping archive would overwrite or delete."""
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "victim").write_bytes(b"original")
+    (out / "victim").chmod(0o600)
+    return out
+
+
+def assert_untouched(tmp_path: Path, outside: Path, store: ImageStore) -> None:
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert (outside / "victim").read_bytes() == b"original"
+    assert (outside / "victim").stat().st_mode & 0o7777 == 0o600
+    assert (outside / "victim").stat().st_nlink == 1
+    assert outside.stat().st_mode & 0o7777 == 0o755
+    assert not (tmp_path / "sentinel").exists()
+    assert store.names() == [] and store.resolve("img") is None  # no half image
+    assert list((tmp_path / "s" / "tmp").iterdir()) == []  # staging cleaned
+
+
+ESCAPES: dict[str, tuple[Callable[[Path], list[tuple[tarfile.TarInfo, bytes]]], str]] = {
+    "dotdot": (lambda out: [reg(f"{UP}sentinel")], "'..' component"),
+    "dotdot-inside": (lambda out: [directory("etc"), reg(f"etc/{UP}../sentinel")], "'..'"),
+    "absolute": (lambda out: [reg(str(out.parent / "sentinel"))], "absolute path"),
+    "absolute-overwrite": (lambda out: [reg(str(out / "victim"), b"pwned")], "absolute path"),
+    "symlink-dir-then-through": (
+        lambda out: [link("evil", str(out)), reg("evil/victim", b"pwned")],
+        "goes through the symlink evil",
+    ),
+    "relative-symlink-then-through": (
+        lambda out: [link("evil", f"{UP}outside"), reg("evil/new", b"pwned")],
+        "symlink evil",
+    ),
+    "nested-symlink-then-dir": (
+        lambda out: [directory("a"), link("a/b", str(out)), directory("a/b/c", 0o777)],
+        "symlink a/b",
+    ),
+    "hardlink-absolute": (
+        lambda out: [link("hl", str(out / "victim"), tarfile.LNKTYPE), reg("hl", b"pwned")],
+        "absolute path",
+    ),
+    "hardlink-dotdot": (
+        lambda out: [link("hl", f"{UP}outside/victim", tarfile.LNKTYPE)],
+        "'..' component",
+    ),
+    "hardlink-through-symlink": (
+        lambda out: [link("evil", str(out)), link("hl", "evil/victim", tarfile.LNKTYPE)],
+        "symlink evil",
+    ),
+    "hardlink-to-nothing": (
+        lambda out: [link("hl", "not/there", tarfile.LNKTYPE)],
+        "not a file extracted before it",
+    ),
+    "symlink-replacing-an-extracted-dir": (
+        # tarfile sets directory modes after everything: through 'd' if it became a symlink
+        lambda out: [directory("d", 0o777), reg("d/f"), link("d", str(out))],
+        "replaces a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(ESCAPES))
+def test_a_tar_that_escapes_is_refused_and_touches_nothing(
+    tmp_path: Path, outside: Path, kind: str
+) -> None:
+    members, message = ESCAPES[kind]
+    src = tmp_path / "evil.tar"
+    src.write_bytes(tar_bytes(members(outside)))
+    store = store_at(tmp_path / "s")
+    with pytest.raises(UnsafeArchive, match=message) as caught:
+        store.import_source("img", src)
+    assert "evil.tar" in str(caught.value) and "import aborted" in str(caught.value)
+    assert_untouched(tmp_path, outside, store)
+
+
+CONTAINER_ESCAPES: dict[str, tuple[Callable[[Path], list[list[tuple[tarfile.TarInfo, bytes]]]], str]] = {
+    "layer-dotdot": (lambda out: [[reg("etc/a"), reg(f"{UP}sentinel")]], "'..'"),
+    "layer-symlink-then-file": (
+        lambda out: [[link("etc", str(out))], [reg("etc/victim", b"pwned")]],
+        "symlink etc",
+    ),
+    "whiteout-through-symlink": (
+        lambda out: [[link("etc", str(out))], [reg("etc/.wh.victim", b"")]],
+        "symlink etc",
+    ),
+    "opaque-whiteout-through-symlink": (
+        lambda out: [[link("opt", str(out))], [reg("opt/.wh..wh..opq", b"")]],
+        "symlink opt",
+    ),
+    "whiteout-of-dotdot": (lambda out: [[reg("a")], [reg(".wh...", b"")]], "'..'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CONTAINER_ESCAPES))
+def test_a_docker_save_that_escapes_is_refused_and_touches_nothing(
+    tmp_path: Path, outside: Path, kind: str
+) -> None:
+    layers, message = CONTAINER_ESCAPES[kind]
+    src = docker_save(tmp_path / "evil.tar", layers(outside))
+    store = store_at(tmp_path / "s")
+    with pytest.raises(UnsafeArchive, match=message):
+        store.import_source("img", src)
+    assert_untouched(tmp_path, outside, store)
+
+
+def test_a_docker_save_whose_outer_archive_escapes_is_refused(tmp_path: Path, outside: Path) -> None:
+    src = tmp_path / "evil.tar"
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["l/layer.tar"]}]).encode()
+    src.write_bytes(
+        tar_bytes([reg("manifest.json", manifest), reg("l/layer.tar", tar_bytes([reg("a")])),
+                   reg(f"{UP}sentinel")])  # fmt: skip
+    )
+    store = store_at(tmp_path / "s")
+    with pytest.raises(UnsafeArchive, match="'..'"):
+        store.import_source("img", src)
+    assert_untouched(tmp_path, outside, store)
+    layer_link = tmp_path / "link.tar"
+    layer_link.write_bytes(
+        tar_bytes([reg("manifest.json", manifest), link("l/layer.tar", str(tmp_path / "t.tar"))])
+    )
+    (tmp_path / "t.tar").write_bytes(tar_bytes([reg("etc/x")]))
+    with pytest.raises(UnsafeArchive, match="not a file inside the archive"):
+        store.import_source("img", layer_link)
+    assert_untouched(tmp_path, outside, store)
+
+
+def test_tar_command_archives_with_escaping_names_are_refused(
+    tmp_path: Path, outside: Path
+) -> None:
+    """What GNU tar writes with -P (absolute names, '..' kept) and with -r (a member through a symlink)."""
+    store = store_at(tmp_path / "s")
+    src = tmp_path / "src"
+    (src / "evil").mkdir(parents=True)
+    (src / "evil" / "planted").write_text("pwned")
+    cases = {
+        "dotdot.tar": (["-P", "--transform", f"s,^,{UP},", "-C", str(src), "evil/planted"], "'..'"),
+        "abs.tar": (["-P", str(outside / "planted")], "absolute path"),
+    }
+    (outside / "planted").write_text("pwned")
+    for name, (args, _) in cases.items():
+        subprocess.run(["tar", "-cf", str(tmp_path / name), *args], check=True, capture_output=True)
+    (outside / "planted").unlink()
+    # an archive where 'evil' is a symlink out, then a member under 'evil/' appended with -r
+    (tmp_path / "a").mkdir()
+    os.symlink(outside, tmp_path / "a" / "evil")
+    subprocess.run(["tar", "-cf", str(tmp_path / "through.tar"), "-C", str(tmp_path / "a"), "evil"], check=True)
+    subprocess.run(["tar", "-rf", str(tmp_path / "through.tar"), "-C", str(src), "evil/planted"], check=True)
+    cases["through.tar"] = ([], "symlink evil")
+    for name, (_, message) in cases.items():
+        with pytest.raises(UnsafeArchive, match=message):
+            store.import_source("img", tmp_path / name)
+        assert_untouched(tmp_path, outside, store)
+        assert not (outside / "planted").exists() and not (src.parent / "sentinel").exists()
+
+
+def test_replacing_a_symlink_never_writes_through_it(tmp_path: Path, outside: Path) -> None:
+    """A later member with a symlink's name replaces the symlink (tar's behaviour), not its target."""
+    src = tmp_path / "t.tar"
+    src.write_bytes(
+        tar_bytes([link("victim", str(outside / "victim")), reg("victim", b"new"),
+                   link("d", str(outside)), directory("d", 0o777), reg("d/f", b"f"),
+                   reg("h"), link("hl", "h", tarfile.LNKTYPE), reg("hl", b"not shared")])  # fmt: skip
+    )
+    store = store_at(tmp_path / "s")
+    store.import_source("img", src)
+    assert (outside / "victim").read_bytes() == b"original"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert outside.stat().st_mode & 0o7777 == 0o755
+    out = tmp_path / "out"
+    unpack_with_tools(stream_bytes(store, "img"), out)
+    assert (out / "victim").read_bytes() == b"new" and not (out / "victim").is_symlink()
+    assert (out / "d").is_dir() and not (out / "d").is_symlink()
+    assert (out / "d").stat().st_mode & 0o7777 == 0o777
+    assert (out / "h").read_bytes() == b"x" and (out / "hl").read_bytes() == b"not shared"
+
+
+def make_rootfs(root: Path) -> Path:
+    """What a real root filesystem holds that a careless filter would strip."""
+    make_tree(root)
+    (root / "bin").mkdir()
+    (root / "bin" / "busybox").write_bytes(b"\x7fELF" + bytes(5000))
+    (root / "bin" / "busybox").chmod(0o755)
+    os.symlink("/bin/busybox", root / "usr" / "bin" / "foo")  # absolute inside the image
+    os.symlink("/", root / "usr" / "bin" / "rootlink")
+    (root / "tmp").mkdir()
+    (root / "tmp").chmod(0o1777)
+    (root / "var").mkdir()
+    (root / "var" / "mail").mkdir()
+    (root / "var" / "mail").chmod(0o2775)
+    os.chown(root / "var" / "mail", 0, 8)
+    (root / "usr" / "bin" / "sgid").write_bytes(b"s")
+    (root / "usr" / "bin" / "sgid").chmod(0o2711)
+    os.link(root / "bin" / "busybox", root / "bin" / "sh")
+    (root / "etc" / "shadow").write_text("root:*:1::::::\n")
+    (root / "etc" / "shadow").chmod(0o640)
+    os.chown(root / "etc" / "shadow", 0, 42)
+    return root
+
+
+@pytest.mark.parametrize("maker", ["tar-command", "tarfile-module", "docker-save"])
+def test_a_legitimate_rootfs_archive_imports_like_its_directory(tmp_path: Path, maker: str) -> None:
+    tree = make_rootfs(tmp_path / "tree")
+    store = store_at(tmp_path / "s")
+    from_dir = store.import_tree("img", tree)
+    src = tmp_path / "rootfs.tar"
+    if maker == "tar-command":
+        subprocess.run(["tar", "--numeric-owner", "-C", str(tree), "-cf", str(src), "."], check=True)
+    else:
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w", format=tarfile.GNU_FORMAT) as t:
+            t.add(tree, arcname=".")
+        if maker == "tarfile-module":
+            src.write_bytes(layer.getvalue())
+        else:
+            # a lower layer the rootfs layer replaces (usr: symlink -> dir) and whites out (etc/old)
+            base = tar_bytes([reg("etc/old", b"lower layer"), link("usr", "/nowhere")])
+            src.write_bytes(tar_bytes([
+                reg("a/layer.tar", base), reg("b/layer.tar", layer.getvalue()),
+                reg("c/layer.tar", tar_bytes([reg("etc/.wh.old", b"")])),
+                reg("manifest.json", json.dumps(
+                    [{"Layers": ["a/layer.tar", "b/layer.tar", "c/layer.tar"]}]).encode()),
+            ]))  # fmt: skip
+    m = store.import_source("img", src)
+    assert [c.id for c in m.chunks] == [c.id for c in from_dir.chunks]
+    assert store.last_import.new_chunks == 0
+    out = tmp_path / "out"
+    unpack_with_tools(stream_bytes(store, "img"), out)
+    assert os.readlink(out / "usr" / "bin" / "foo") == "/bin/busybox"
+    assert os.readlink(out / "usr" / "bin" / "rootlink") == "/"
+    assert (out / "usr" / "bin" / "tool").stat().st_mode & 0o7777 == 0o4755
+    assert (out / "usr" / "bin" / "sgid").stat().st_mode & 0o7777 == 0o2711
+    assert (out / "tmp").stat().st_mode & 0o7777 == 0o1777
+    assert (out / "var" / "mail").stat().st_mode & 0o7777 == 0o2775
+    assert (out / "etc" / "shadow").stat().st_gid == 42
+    assert os.stat(out / "bin" / "sh").st_ino == os.stat(out / "bin" / "busybox").st_ino
+
+
+def test_hard_linked_symlinks_and_device_nodes_are_kept(tmp_path: Path) -> None:
+    """GNU tar hard-links a symlink's second name; a directory import sees two symlinks."""
+    tree = tmp_path / "tree"
+    (tree / "dev").mkdir(parents=True)
+    os.symlink("/bin/busybox", tree / "ls")
+    os.link(tree / "ls", tree / "ls2", follow_symlinks=False)
+    os.mknod(tree / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    store = store_at(tmp_path / "s")
+    from_dir = store.import_tree("img", tree)
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(tmp_path / "t.tar"), "."], check=True)
+    with tarfile.open(tmp_path / "t.tar") as t:
+        assert t.getmember("./ls2").islnk()  # the case this test is about
+    m = store.import_source("img", tmp_path / "t.tar")
+    assert [c.id for c in m.chunks] == [c.id for c in from_dir.chunks]
+    with tarfile.open(fileobj=io.BytesIO(zstd_decompress(stream_bytes(store, "img")))) as t:
+        assert t.getmember("ls2").issym() and t.getmember("ls2").linkname == "/bin/busybox"
+        assert t.getmember("dev/null").ischr() and t.getmember("dev/null").devminor == 3
+
+
+def zstd_decompress(data: bytes) -> bytes:
+    return subprocess.run(["zstd", "-q", "-dc"], input=data, capture_output=True, check=True).stdout
+
+
+def test_the_staging_folder_is_private(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "s")
+    with store._import_dir() as work:
+        assert work.stat().st_mode & 0o777 == 0o700
