@@ -103,6 +103,14 @@ class TftpConfig:
     # Folder served; "" means <state_dir>/tftp with Debian's iPXE loaders found automatically.
     root: str = ""
     max_transfers: int = 2000
+    # RRQs beyond max_transfers wait (first come, first served) for a slot; with
+    # max_queued already waiting, an RRQ is dropped (the client retries it).
+    max_queued: int = 4096
+    # A waiting RRQ whose client sent nothing for this long (no retransmission: it
+    # retried from another port or gave up) is forgotten. Firmware retransmits an
+    # unanswered RRQ every few seconds.
+    queue_timeout: float = 10.0
+    # Running and waiting transfers per client address.
     max_transfers_per_peer: int = 4
     timeout: float = 1.0
     retries: int = 5

@@ -203,7 +203,8 @@ class LineReader:
 
 
 # TftpConfig fields handed to the child as --set KEY=VALUE (numbers only: its parser casts by type).
-_TFTP_CHILD_SETTINGS = ("max_transfers", "max_transfers_per_peer", "timeout", "retries", "max_blksize", "max_windowsize")
+_TFTP_CHILD_SETTINGS = ("max_transfers", "max_queued", "queue_timeout", "max_transfers_per_peer", "timeout", "retries",
+                        "max_blksize", "max_windowsize")  # fmt: skip
 
 
 async def serve_tftp_process(

@@ -3,9 +3,16 @@
 One listener socket takes RRQs; each accepted request gets its own task and
 its own UDP socket (its transfer ID, RFC 1350 §4), bound to the address the
 RRQ was sent to so replies leave from the address the client talked to.
-Admission is bounded: ``max_transfers`` in total and
-``max_transfers_per_peer`` per client address. An RRQ over a cap is dropped
-(not refused): firmware retries an unanswered RRQ, but gives up on ERROR.
+Admission is bounded: ``max_transfers`` run at once and
+``max_transfers_per_peer`` per client address (running and waiting). An RRQ
+over ``max_transfers`` waits in a FIFO queue (at most ``max_queued``) and
+starts when a transfer ends: a dropped RRQ would cost a PXE ROM its retry
+timer, and after a few of them the whole boot. A retransmitted RRQ of a
+waiting request (same address and port) is a duplicate and keeps its place; a
+waiting request whose client has not been heard for ``queue_timeout`` seconds
+has retried from another port or gone, and is forgotten. An RRQ over the
+per-peer cap, or with the queue full, is dropped (not refused): firmware
+retries an unanswered RRQ, but gives up on ERROR.
 
 Counted (``TftpStats.drops``, one key per reason): every datagram the
 listener cannot use, every refusal, every stray or ignored packet on a
@@ -78,6 +85,8 @@ TFTP_DATA_OVERHEAD = 32
 # Large enough to read (and then refuse) any UDP datagram whole.
 MAX_DATAGRAM = 65536
 RECENT_TRANSFERS = 1000
+# Scanning the whole queue for silent clients costs O(max_queued): not on every RRQ of a flood.
+SWEEP_AT_MOST_EVERY = 0.5
 
 Peer = tuple[str, int]
 Generated = Callable[[str, Peer], bytes | ResponseSource | None]
@@ -96,6 +105,9 @@ class TransferRecord:
 class TftpStats:
     requests: int = 0
     active: int = 0
+    # Requests waiting for a transfer slot now, and how many ever had to wait.
+    waiting: int = 0
+    queued: int = 0
     # outcome (completed, probed, peer_error, timed_out, refused) -> count
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     # reason -> datagrams dropped or refused
@@ -111,6 +123,8 @@ class TftpStats:
         return {
             "requests": self.requests,
             "active": self.active,
+            "waiting": self.waiting,
+            "queued": self.queued,
             "outcomes": dict(self.outcomes),
             "drops": dict(self.drops),
             "packets_sent": self.packets_sent,
@@ -128,6 +142,15 @@ class TftpStats:
                 for r in self.recent
             ],
         }
+
+
+@dataclass
+class _Waiting:
+    """An admitted RRQ waiting for a transfer slot."""
+
+    request: ReadRequest
+    local: str  # the address the RRQ was sent to
+    heard: float  # when its client last sent this RRQ
 
 
 @dataclass
@@ -156,8 +179,13 @@ class _Service:
             retries=config.retries,
         )
         self.stats = TftpStats()
+        # Transfers running or waiting, per client address.
         self.per_peer: collections.Counter[str] = collections.Counter()
         self.active: set[Peer] = set()
+        # FIFO of requests over max_transfers, oldest first.
+        self.waiting: collections.OrderedDict[Peer, _Waiting] = collections.OrderedDict()
+        self.nursery: trio.Nursery | None = None
+        self.swept_at = -math.inf
 
     def open_source_untrusted(self, request: ReadRequest, peer: Peer) -> ResponseSource:
         if self.generated is not None:
@@ -174,15 +202,77 @@ class _Service:
                 return content
         return open_in_root_untrusted(self.root, request.filename, self.defaults)
 
-    def admit(self, peer: Peer) -> str | None:
-        """None if a transfer may start for ``peer``, else the drop reason."""
+    def admit(self, request: ReadRequest, peer: Peer, local: str, now: float) -> None:
+        """Start a transfer for ``peer``, queue it, or count why the RRQ is dropped."""
         if peer in self.active:
-            return "duplicate_request"  # our OACK/DATA is on its way or will be retransmitted
-        if len(self.active) >= self.config.max_transfers:
-            return "over_total_cap"
+            self.stats.drops["duplicate_request"] += 1  # our OACK/DATA is on its way
+            return
+        waiting = self.waiting.get(peer)
+        if waiting is not None:
+            waiting.heard = now  # the client is still there: it keeps its place
+            self.stats.drops["duplicate_request"] += 1
+            return
         if self.per_peer[peer[0]] >= self.config.max_transfers_per_peer:
-            return "over_peer_cap"
-        return None
+            self.stats.drops["over_peer_cap"] += 1
+            return
+        if len(self.active) < self.config.max_transfers and not self.waiting:
+            self.per_peer[peer[0]] += 1
+            self.begin(request, peer, local)
+            return
+        if len(self.waiting) >= self.config.max_queued and now - self.swept_at >= SWEEP_AT_MOST_EVERY:
+            self.forget_silent(now)
+        if len(self.waiting) >= self.config.max_queued:
+            self.stats.drops["queue_full"] += 1
+            return
+        self.per_peer[peer[0]] += 1
+        self.waiting[peer] = _Waiting(request, local, now)
+        self.stats.queued += 1
+        self.stats.waiting = len(self.waiting)
+
+    def begin(self, request: ReadRequest, peer: Peer, local: str) -> None:
+        assert self.nursery is not None
+        self.active.add(peer)
+        self.stats.active += 1
+        self.nursery.start_soon(self.transfer, request, peer, local)
+
+    def release(self, peer: Peer) -> None:
+        """A transfer ended: free its slot, and hand it to the oldest waiting request."""
+        self.active.discard(peer)
+        self.stats.active -= 1
+        self.leave(peer)
+        if trio.current_effective_deadline() == -math.inf:
+            return  # cancelled: the service is stopping, nothing more starts
+        now = trio.current_time()
+        while self.waiting and len(self.active) < self.config.max_transfers:
+            waiting_peer, waiting = self.waiting.popitem(last=False)
+            if now - waiting.heard > self.config.queue_timeout:
+                self.stats.drops["queue_timeout"] += 1
+                self.leave(waiting_peer)
+            else:
+                self.begin(waiting.request, waiting_peer, waiting.local)
+        self.stats.waiting = len(self.waiting)
+
+    def forget_silent(self, now: float) -> None:
+        """Drop waiting requests whose client has not been heard for ``queue_timeout`` s."""
+        self.swept_at = now
+        silent = [p for p, w in self.waiting.items() if now - w.heard > self.config.queue_timeout]
+        for peer in silent:
+            del self.waiting[peer]
+            self.stats.drops["queue_timeout"] += 1
+            self.leave(peer)
+        self.stats.waiting = len(self.waiting)
+
+    def leave(self, peer: Peer) -> None:
+        self.per_peer[peer[0]] -= 1
+        if not self.per_peer[peer[0]]:
+            del self.per_peer[peer[0]]
+
+    async def forget_silent_periodically(self) -> None:
+        """Keep the queue free of requests nobody waits for, even while no slot frees."""
+        while True:
+            await trio.sleep(max(self.config.queue_timeout / 2, SWEEP_AT_MOST_EVERY))
+            if self.waiting:
+                self.forget_silent(trio.current_time())
 
     async def send(self, sock: trio.socket.SocketType, datagram: bytes, peer: Peer) -> None:
         try:
@@ -191,6 +281,8 @@ class _Service:
             self.stats.drops[f"send_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
 
     async def listen(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        nursery.start_soon(self.forget_silent_periodically)
         while True:
             try:
                 data, ancillary, _, address = await sock.recvmsg(
@@ -209,15 +301,8 @@ class _Service:
                 if exc.code is not None:
                     await self.send(sock, build_error(exc.code, exc.message), peer)
                 continue
-            reason = self.admit(peer)
-            if reason is not None:
-                self.stats.drops[reason] += 1
-                continue
             local = _destination_address(ancillary) or self.config.listen
-            self.active.add(peer)
-            self.per_peer[peer[0]] += 1
-            self.stats.active += 1
-            nursery.start_soon(self.transfer, request, peer, local)
+            self.admit(request, peer, local, trio.current_time())
 
     async def transfer(self, request: ReadRequest, peer: Peer, local: str) -> None:
         now = trio.current_time()
@@ -247,11 +332,7 @@ class _Service:
                     transfer.close()
                     self.finish(transfer, peer)
         finally:
-            self.active.discard(peer)
-            self.per_peer[peer[0]] -= 1
-            if not self.per_peer[peer[0]]:
-                del self.per_peer[peer[0]]
-            self.stats.active -= 1
+            self.release(peer)
 
     def path_blksize(self, peer: Peer) -> int:
         """blksize that fits the route's MTU to ``peer`` (RFC 2348 §2 asks to avoid IP fragmentation)."""

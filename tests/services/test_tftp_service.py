@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from cwboot.config import TftpConfig
 from cwboot.protocol.tftp import (
@@ -56,7 +57,8 @@ async def running(
     generated: Callable[[str, tuple[str, int]], bytes | None] | None = None,
     **settings: object,
 ) -> AsyncIterator[TftpServer]:
-    config = TftpConfig(listen=LOCALHOST, port=0, timeout=0.3, **settings)  # type: ignore[arg-type]
+    settings.setdefault("timeout", 0.3)
+    config = TftpConfig(listen=LOCALHOST, port=0, **settings)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             lambda task_status: serve_tftp(
@@ -248,3 +250,127 @@ async def test_a_failing_generator_is_an_error_not_a_crash(root: Path) -> None:
         failed = await fetch_tftp(LOCALHOST, server.port, "small", retries=1)
         assert not failed.ok and "internal error" in failed.error
     assert server.stats.drops["generator_failed"] == 1
+
+
+def mock_clock_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run under trio's autojump MockClock: waits of seconds take no real time.
+
+    (Loopback sockets deliver at sendto, so every packet is readable before the
+    clock jumps: the virtual timeline is that of a zero-latency network.)
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        trio.run(functools.partial(fn, *args, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0))
+
+    return wrapper
+
+
+async def hold_a_slot(
+    server: TftpServer, address: str, *, until: float, task_status: trio.TaskStatus[None]
+) -> None:
+    """Take a transfer slot from ``address`` (RRQ, never ACK), end it with ERROR at ``until``."""
+    with udp() as sock:
+        await sock.bind((address, 0))
+        reply, transfer_id = await exchange(sock, build_request("kernel"), (LOCALHOST, server.port))
+        assert isinstance(parse_packet_untrusted(reply), Data)
+        task_status.started()
+        await trio.sleep_until(until)
+        await sock.sendto(build_error(0, "enough"), transfer_id)
+
+
+@mock_clock_test
+async def test_requests_over_the_total_cap_wait_and_start_in_arrival_order(root: Path) -> None:
+    # One slot, held for 3 s; four clients (own addresses) ask meanwhile, and keep
+    # retransmitting their RRQs every second as firmware does.
+    async with running(root, max_transfers=1, timeout=1.0) as server, trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(hold_a_slot, server, "127.0.0.2", until=3.0))
+        results: dict[str, bool] = {}
+
+        async def fetch(address: str) -> None:
+            result = await fetch_tftp(LOCALHOST, server.port, "kernel", timeout=1.0, bind=address)
+            results[address] = result.ok and result.data == (root / "kernel").read_bytes()
+
+        clients = [f"127.0.0.{i}" for i in range(3, 7)]
+        for address in clients:
+            nursery.start_soon(fetch, address)
+            await trio.sleep(0.1)
+        assert server.stats.waiting == 4 and server.stats.active == 1
+    assert results == dict.fromkeys(clients, True)
+    assert [r.peer[0] for r in server.stats.recent] == ["127.0.0.2", *clients]
+    assert server.stats.outcomes == {"peer_error": 1, "completed": 4}
+    assert server.stats.queued == 4 and server.stats.waiting == 0
+    # Each waiting client retransmitted its RRQ (1 s after the first): duplicates, queued once.
+    assert set(server.stats.drops) == {"duplicate_request"}
+    assert server.stats.drops["duplicate_request"] >= len(clients)
+
+
+@mock_clock_test
+async def test_a_repeated_rrq_of_a_waiting_client_is_queued_once(root: Path) -> None:
+    async with running(root, max_transfers=1) as server, trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(hold_a_slot, server, "127.0.0.2", until=2.0))
+        with udp() as sock:
+            await sock.bind(("127.0.0.3", 0))
+            for _ in range(3):
+                await sock.sendto(build_request("small"), (LOCALHOST, server.port))
+                await trio.sleep(0.5)
+            assert server.stats.waiting == 1 and server.stats.drops["duplicate_request"] == 2
+            with trio.fail_after(5):
+                reply, transfer_id = await sock.recvfrom(2000)
+            assert parse_packet_untrusted(reply) == Data(1, b"small file\n")
+            await sock.sendto(build_ack(1), transfer_id)
+            with trio.move_on_after(3):  # one transfer: no second DATA from another port
+                reply, other = await sock.recvfrom(2000)
+                assert other == transfer_id, "a second transfer started"
+    assert server.stats.outcomes == {"peer_error": 1, "completed": 1}
+    assert server.stats.queued == 1
+
+
+@mock_clock_test
+async def test_a_full_queue_drops_and_counts_and_the_client_gets_in_on_a_retry(root: Path) -> None:
+    async with running(root, max_transfers=1, max_queued=1) as server, trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(hold_a_slot, server, "127.0.0.2", until=2.0))
+        first = await fetch_tftp(LOCALHOST, server.port, "small", bind="127.0.0.3", retries=0, timeout=0.2)
+        assert not first.ok  # queued, then gave up after 0.2 s; nobody retransmits for it
+        with udp() as sock:
+            await sock.bind(("127.0.0.4", 0))
+            await sock.sendto(build_request("small"), (LOCALHOST, server.port))
+            await trio.sleep(0.1)
+            assert server.stats.drops["queue_full"] == 1 and server.stats.waiting == 1
+        late = await fetch_tftp(LOCALHOST, server.port, "small", bind="127.0.0.4", timeout=1.0)
+    assert late.ok and late.data == b"small file\n"
+    # 127.0.0.3's client gave up, but within queue_timeout: its entry took the freed slot
+    # and timed out; 127.0.0.4, dropped while the queue was full, got in on a later retry.
+    assert [(r.peer[0], r.outcome) for r in server.stats.recent] == [
+        ("127.0.0.2", "peer_error"), ("127.0.0.3", "timed_out"), ("127.0.0.4", "completed")
+    ]
+    assert server.stats.drops["queue_full"] >= 2 and server.stats.queued == 2
+
+
+@mock_clock_test
+async def test_a_waiting_client_gone_silent_is_forgotten(root: Path) -> None:
+    async with running(root, max_transfers=1, queue_timeout=2.0) as server, trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(hold_a_slot, server, "127.0.0.2", until=5.0))
+        with udp() as silent:
+            await silent.bind(("127.0.0.3", 0))
+            await silent.sendto(build_request("small"), (LOCALHOST, server.port))
+            await trio.sleep(0.1)
+            # Heard from every second (its retransmissions): kept past queue_timeout.
+            alive = await fetch_tftp(LOCALHOST, server.port, "small", bind="127.0.0.4", timeout=1.0)
+            assert alive.ok
+            with trio.move_on_after(1):
+                assert await silent.recvfrom(2000) is None, "the silent client got a transfer"
+    assert server.stats.drops["queue_timeout"] == 1
+    assert [r.peer[0] for r in server.stats.recent] == ["127.0.0.2", "127.0.0.4"]
+
+
+@mock_clock_test
+async def test_max_queued_0_drops_every_request_over_the_total_cap(root: Path) -> None:
+    async with running(root, max_transfers=1, max_queued=0) as server, trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(hold_a_slot, server, "127.0.0.2", until=1.0))
+        refused = await fetch_tftp(LOCALHOST, server.port, "small", bind="127.0.0.3", retries=0, timeout=0.5)
+        assert not refused.ok and server.stats.drops["queue_full"] == 1
+        # Asks at 0.5 s (dropped: the slot is held until 1 s), gets in with its retry at 1.5 s.
+        later = await fetch_tftp(LOCALHOST, server.port, "small", bind="127.0.0.3", timeout=1.0)
+    assert later.ok and later.retransmits == 1
+    assert server.stats.drops["queue_full"] == 2 and server.stats.queued == 0
