@@ -2,9 +2,12 @@
 rollback|remove|gc|add-file`` and ``cwboot initramfs build``.
 
 They open the store at ``images_dir`` from the config (``--set images.store_dir=...``),
-so they run on a head. After a change they mirror the image's versions/latest into
-its ``image`` object through the API; when no API answers they say so and the head
-mirrors them at its next start (``ImageStore.sync_objects``). Progress bars go to a
+so they run on a head. The store's index is what the head's HTTP engine serves
+from, so an import or rollback takes effect for the next iPXE script at once.
+After a change they also mirror the image's versions/latest into its ``image``
+object through the API (what ``cwboot images ls`` and the dashboard show); when
+no API answers they say so and the head mirrors them at its next start
+(``ImageStore.sync_objects``). Progress bars go to a
 terminal's stderr; when stderr is not a TTY the commands are quiet.
 """
 
@@ -72,7 +75,9 @@ def _mirror(args: argparse.Namespace, store: ImageStore, name: str) -> None:
                 api.create_object("image", {"name": name, **doc})
     except CliError as exc:
         print(
-            f"cwboot: image object not updated ({exc}); the head syncs it at start", file=sys.stderr
+            f"cwboot: image object not updated ({exc}); the head serves this change already "
+            "and syncs the object (what 'images ls' shows) at its next start",
+            file=sys.stderr,
         )
 
 

@@ -23,12 +23,15 @@ names it. A kill -9 at any point leaves at most a dead ``tmp/`` folder and,
 if it struck during the chunk renames, chunks no manifest names; ``gc``
 reclaims both.
 
-The store's ``index.json`` files are the source of truth for which versions
-exist and which is latest; ``sync_objects`` mirrors them into the ``image``
-objects (``versions``/``latest``) so the API, the dashboard and other heads
-see them. The HTTP engine reads this store directly (``resolve``,
-``manifest``, ``chunk_path``, ``file_path``): manifests are immutable and
-cached, ``index.json`` is re-read only when its mtime changes.
+The store's ``index.json`` files are the one source of truth for which
+versions exist and which is latest: the HTTP engine resolves a boot config's
+image through ``resolve`` (``manifest``, ``chunk_path``, ``file_path`` for the
+bytes), so ``rollback`` and imports take effect for the next script served,
+whether or not the API could be told. ``sync_objects`` mirrors the indexes
+into the ``image`` objects (``versions``/``latest``) for the API, the CLI's
+listings and the dashboard; nothing serves from that mirror. Manifests are
+immutable and cached; ``index.json`` is re-read when its inode or mtime
+changes.
 """
 
 from __future__ import annotations
@@ -280,7 +283,7 @@ class ImageStore:
         (self.root / "lock").touch(exist_ok=True)
         self._chunks_dir = str(self.root / "chunks")
         self._manifests: dict[tuple[str, str], Manifest] = {}
-        self._indexes: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._indexes: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
         self.last_import = ImportStats()
 
     @classmethod
@@ -339,11 +342,14 @@ class ImageStore:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             return {"latest": "", "versions": [], "next": 1}
+        # Every write is a rename of a new file: a new inode even when two writes
+        # share one coarse mtime tick (import then rollback by another process).
+        key = (st.st_ino, st.st_mtime_ns)
         cached = self._indexes.get(name)
-        if cached and cached[0] == st.st_mtime_ns:
+        if cached and cached[0] == key:
             return cached[1]
         doc: dict[str, Any] = json.loads(path.read_bytes())
-        self._indexes[name] = (st.st_mtime_ns, doc)
+        self._indexes[name] = (key, doc)
         return doc
 
     def resolve(self, name: str, version: str = "latest") -> Manifest | None:

@@ -261,15 +261,22 @@ class _Engine:
             )
         version = ""
         if bc.get("image"):
-            version = bc.get("image_version") or ""
-            if not version:
-                obj = self.lookup.get("image", bc["image"])
-                version = (obj or {}).get("latest", "")
-            if not version:
-                m = self.images.resolve(bc["image"], "latest")
-                version = m.version if m else ""
-            if not version:
-                return _text(503, f"image {bc['image']} has no published version\n")
+            # The image store's index is the one source of truth for "latest": a
+            # rollback or import is served at once, API reachable or not (the
+            # ``image`` object's ``latest`` is only its mirror, for people).
+            # The script names the version it resolved, so a node that boots
+            # across a rollback still fetches one consistent version.
+            image, pinned = str(bc["image"]), str(bc.get("image_version") or "")
+            m = self.images.resolve(image, pinned or "latest")
+            if m is None:
+                if pinned:
+                    why = f"image {image} has no version {pinned} on this head"
+                    self.stats.drops["pinned image version not published"] += 1
+                else:
+                    why = f"image {image} has no published version on this head"
+                    self.stats.drops["image not published"] += 1
+                return _text(503, f"{why}\n")
+            version = m.version
         try:
             script = ipxe.render(ipxe.spec_for(mac, node, bc, version), list(self.heads()))
         except ipxe.ScriptError as exc:

@@ -594,3 +594,18 @@ def test_the_staging_folder_is_private(tmp_path: Path) -> None:
     store = store_at(tmp_path / "s")
     with store._import_dir() as work:
         assert work.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_rollback_by_another_process_is_seen_within_one_mtime_tick(tmp_path: Path) -> None:
+    """The HTTP engine's store caches index.json; a coarse clock can give two writes one mtime."""
+    tree = make_tree(tmp_path / "tree")
+    writer = store_at(tmp_path / "s")
+    writer.import_tree("img", tree)
+    writer.import_tree("img", tree)
+    reader = store_at(tmp_path / "s")
+    assert reader.resolve("img").version == "2"  # type: ignore[union-attr]
+    index = tmp_path / "s" / "images" / "img" / "index.json"
+    tick = index.stat().st_mtime_ns
+    writer.rollback("img")
+    os.utime(index, ns=(tick, tick))
+    assert reader.resolve("img").version == "1"  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ import os
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from cwboot.config import Config
 from cwboot.control.images import ImageStore
 from cwboot.services.http import HttpServer, serve_http
 
+ROOT = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:aa:bb:01"
 CHUNK = 64 * 1024
 
@@ -144,17 +146,72 @@ def test_ipxe_script_with_curl_and_busybox_wget(server: Server) -> None:
     assert status_of(f"{server.url}/boot/ipxe/not-a-mac") == 404
 
 
-def test_script_pins_object_latest_and_refuses_injection(server: Server) -> None:
+def script(server: Server) -> str:
+    return curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
+
+
+def test_script_follows_the_store_pins_and_refuses_injection(server: Server) -> None:
     server.store.import_tree("img", server.tree, version="2")
+    # a stale mirror (the head synced the object before "2" existed) is not what is served
     server.lookup.objects[("image", "img")] = {"name": "img", "latest": "1"}
-    assert "cwboot.version=1" in curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
-    server.lookup.objects[("boot_config", "bc")]["image_version"] = "2"
-    assert "cwboot.version=2" in curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
+    assert "cwboot.version=2" in script(server)
+    server.lookup.objects[("boot_config", "bc")]["image_version"] = "1"
+    assert "cwboot.version=1" in script(server)
     server.lookup.objects[("boot_config", "bc")]["cmdline"] = "quiet || shell"
     assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 500
     assert server.http.stats.drops["unsafe boot config"] == 1
     server.lookup.objects[("boot_config", "bc")]["kernel"] = ""
-    assert curl(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode().endswith("exit\n")
+    assert script(server).endswith("exit\n")
+
+
+def test_a_missing_image_version_is_refused_not_rendered(server: Server) -> None:
+    """A script naming a version this head cannot serve would send the node into a 404 loop."""
+    bc = server.lookup.objects[("boot_config", "bc")]
+    bc["image_version"] = "9"
+    r = curl("-i", f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
+    assert r.startswith("HTTP/1.1 503") and "image img has no version 9 on this head" in r
+    assert "#!ipxe" not in r
+    assert server.http.stats.drops["pinned image version not published"] == 1
+    bc["image_version"], bc["image"] = "", "nothing"
+    r = curl("-i", f"{server.url}/boot/ipxe/52-54-00-aa-bb-01").stdout.decode()
+    assert r.startswith("HTTP/1.1 503") and "image nothing has no published version" in r
+    assert server.http.stats.drops["image not published"] == 1
+    server.store.remove_version("img", "1")  # the last version of an image goes
+    bc["image"] = "img"
+    assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 503
+    assert server.http.stats.drops["image not published"] == 2
+
+
+def cwboot_cli(server: Server, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI on this head's store, with no API answering (http://127.0.0.1:9)."""
+    cmd = [sys.executable, "-m", "cwboot", *args, "--set", f"images.store_dir={server.store.root}",
+           "--set", f"images.chunk_size={CHUNK}", "--set", f"head.state_dir={tmp_path / 'state'}",
+           "--url", "http://127.0.0.1:9", "--token", "t"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWBOOT_")}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 0, f"{args}: {r.stdout}\n{r.stderr}"
+    return r
+
+
+def test_cli_import_and_rollback_are_served_while_the_api_is_down(
+    server: Server, tmp_path: Path
+) -> None:
+    """import v2, roll back to v1 with the CLI (API unreachable): the next script names v1."""
+    server.lookup.objects[("image", "img")] = {"name": "img", "latest": "1"}  # synced at start
+    (server.tree / "etc" / "motd").write_text("version two\n")
+    r = cwboot_cli(server, tmp_path, "images", "import", "img", str(server.tree))
+    assert "img version 2:" in r.stdout and "image object not updated" in r.stderr
+    assert "cwboot.version=2" in script(server)
+    r = cwboot_cli(server, tmp_path, "images", "rollback", "img")
+    assert "latest is now version 1" in r.stdout and "image object not updated" in r.stderr
+    server.lookup.objects[("image", "img")]["latest"] = "2"  # the mirror a head synced in between
+    text = script(server)
+    assert "cwboot.image=img cwboot.version=1 " in text
+    m1 = server.store.resolve("img", "1")
+    assert m1 is not None
+    assert curl(f"{server.url}/images/img/latest/manifest").stdout == m1.to_json()
+    cwboot_cli(server, tmp_path, "images", "rollback", "img", "2")
+    assert "cwboot.version=2" in script(server)
 
 
 def test_kernel_initramfs_loader_head_etag_and_errors(server: Server, tmp_path: Path) -> None:
