@@ -609,3 +609,22 @@ def test_a_rollback_by_another_process_is_seen_within_one_mtime_tick(tmp_path: P
     writer.rollback("img")
     os.utime(index, ns=(tick, tick))
     assert reader.resolve("img").version == "1"  # type: ignore[union-attr]
+
+
+def test_every_frame_carries_zstds_content_checksum(tmp_path: Path) -> None:
+    """The initramfs relies on `zstd -dc` to catch a bit flip inside a frame: the flag must be set."""
+    store = store_at(tmp_path / "s")
+    m = store.import_tree("img", make_tree(tmp_path / "tree"))
+    for c in m.chunks:
+        frame = store.chunk_file(c.id).read_bytes()
+        assert frame[:4] == b"\x28\xb5\x2f\xfd"
+        assert frame[4] & 0x04, c.id  # Frame_Header_Descriptor bit 2: Content_Checksum_flag (RFC 8878 3.1.1.1.1)
+    first = store.chunk_file(m.chunks[0].id)
+    listing = subprocess.run(["zstd", "-lv", str(first)], capture_output=True, text=True, check=True)
+    assert "Check: XXH64" in listing.stdout
+    # flip a bit of the stored checksum: the real zstd refuses the frame
+    bad = bytearray(first.read_bytes())
+    bad[-1] ^= 0x01
+    (tmp_path / "bad.zst").write_bytes(bytes(bad))
+    tested = subprocess.run(["zstd", "-q", "-t", str(tmp_path / "bad.zst")], capture_output=True)
+    assert tested.returncode != 0

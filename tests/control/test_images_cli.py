@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,45 @@ def test_initramfs_build_and_its_tools_run(tmp_path: Path) -> None:
     import xxhash
 
     assert r.stdout.split()[0] == xxhash.xxh3_128_hexdigest(block)
+
+
+def run_on_pty_stderr(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (a user's shell) and stdout on a pipe."""
+    master, slave = pty.openpty()
+    cmd = [sys.executable, "-m", "cwboot", *args, "--set", f"images.store_dir={tmp_path / 'store'}",
+           "--set", f"head.state_dir={tmp_path / 'state'}", "--url", "http://127.0.0.1:9", "--token", "t"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CWBOOT_")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=env)
+    os.close(slave)
+    seen = bytearray()
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer of the terminal is gone
+                break
+            if not data:
+                break
+            seen += data
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        rc = proc.wait(timeout=120)
+    finally:
+        os.close(master)
+        proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    return rc, out, seen.decode(errors="replace")
+
+
+def test_import_progress_bar_on_a_terminal_and_not_when_piped(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(os.urandom(2 << 20))
+    rc, out, terminal = run_on_pty_stderr(tmp_path, "images", "import", "img", str(tree))
+    assert rc == 0 and "img version 1:" in out
+    assert "\rimport img [" in terminal and "100%" in terminal and "MB/s" in terminal
+    assert "[" + "#" * 30 + "]" in terminal  # the bar reached its end
+    piped = cwboot(tmp_path, "images", "import", "img", str(tree))
+    assert "img version 2:" in piped.stdout
+    assert "import img [" not in piped.stderr and "%" not in piped.stderr
