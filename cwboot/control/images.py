@@ -473,10 +473,7 @@ class ImageStore:
             tree = work / "tree"
             tree.mkdir()
             with _open_tar(src) as tar:
-                try:
-                    members = tar.getnames()
-                except tarfile.TarError as exc:
-                    raise ImageError(f"{src}: unreadable archive ({exc})") from None
+                members = tar.getnames()
             if "manifest.json" in members and not any(
                 m.startswith(("etc/", "usr/", "bin/")) for m in members
             ):
@@ -762,20 +759,22 @@ def _is_alive(work: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
+def _open_tar(path: Path, label: str = "") -> Iterator[tarfile.TarFile]:
+    """A tar (plain/gz/bz2/xz, or zstd read as a stream); a corrupt or truncated
+    archive, met at open or while reading it, raises ImageError naming ``label`` or the path."""
     with open(path, "rb") as raw:
         magic = raw.read(4)
-    if magic == b"\x28\xb5\x2f\xfd":
-        with open(path, "rb") as raw:
-            reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                yield tar
-        return
     try:
-        with tarfile.open(path, mode="r:*") as tar:
+        with contextlib.ExitStack() as stack:
+            if magic == b"\x28\xb5\x2f\xfd":
+                compressed = stack.enter_context(open(path, "rb"))
+                reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(compressed)
+                tar = stack.enter_context(tarfile.open(fileobj=reader, mode="r|"))
+            else:
+                tar = stack.enter_context(tarfile.open(path, mode="r:*"))
             yield tar
-    except tarfile.ReadError as exc:
-        raise ImageError(f"{path}: not a tar archive ({exc})") from None
+    except (tarfile.TarError, zstandard.ZstdError) as exc:
+        raise ImageError(f"{label or path}: unreadable archive ({exc})") from None
 
 
 class UnsafeArchive(ImageError):
@@ -865,15 +864,18 @@ class _RootfsFilter:
     can reach one while an import runs.
     """
 
-    def __init__(self, root: Path, archive: str) -> None:
+    def __init__(self, root: Path, archive: str, *, skip_whiteouts: bool = False) -> None:
         self.root = root
         self.archive = archive
+        self.skip_whiteouts = skip_whiteouts  # a docker layer's .wh.* entries were applied already
         self.dirs: set[str] = set()  # directories extracted by this archive
 
     def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         rel = _clean_member_path(self.archive, member.name, "member")
         if not rel:
             return None  # the root itself: its attributes are not part of an image
+        if self.skip_whiteouts and rel.rpartition("/")[2].startswith(".wh."):
+            return None
         existing = _lstat_inside(self.root, rel, self.archive, member.name)
         out = copy.copy(member)  # tarfile's own filters return a changed copy too
         out.name = rel
@@ -903,12 +905,12 @@ class _RootfsFilter:
         return out
 
 
-def _extract_untrusted(tar: tarfile.TarFile, root: Path, archive: str, **kw: Any) -> None:
+def _extract_untrusted(
+    tar: tarfile.TarFile, root: Path, archive: str, *, skip_whiteouts: bool = False
+) -> None:
     """Unpack an archive from outside into ``root`` (see ``_RootfsFilter``); UnsafeArchive if it tries to escape."""
-    try:
-        tar.extractall(root, numeric_owner=True, filter=_RootfsFilter(root, archive), **kw)
-    except tarfile.TarError as exc:
-        raise ImageError(f"{archive}: unreadable archive ({exc})") from None
+    rules = _RootfsFilter(root, archive, skip_whiteouts=skip_whiteouts)
+    tar.extractall(root, numeric_owner=True, filter=rules)
 
 
 def _inside(root: Path, rel: str, archive: str) -> Path:
@@ -938,11 +940,11 @@ def _apply_layer(layer: Path, tree: Path, label: str) -> None:
     """One layer over the tree: its whiteouts first (they hide lower layers only), then its entries.
 
     Whiteout targets are checked like member names: a whiteout never removes
-    anything through a symlink an earlier layer made.
+    anything through a symlink an earlier layer made. Two passes over the
+    archive, so a compressed (zstd: streamed, no seeking) layer works too.
     """
-    with _open_tar(layer) as tar:
-        keep: list[tarfile.TarInfo] = []
-        for m in tar.getmembers():
+    with _open_tar(layer, label) as tar:
+        for m in tar:
             rel = _clean_member_path(label, m.name, "member")
             parent, _, base = rel.rpartition("/")
             if base == ".wh..wh..opq":
@@ -958,9 +960,8 @@ def _apply_layer(layer: Path, tree: Path, label: str) -> None:
                 st = _lstat_inside(tree, hidden, label, m.name) if hidden else None
                 if st is not None:
                     _remove_inside(tree, hidden, st)
-            else:
-                keep.append(m)
-        _extract_untrusted(tar, tree, label, members=keep)
+    with _open_tar(layer, label) as tar:
+        _extract_untrusted(tar, tree, label, skip_whiteouts=True)
 
 
 def read_chunk(store: ImageStore, cid: str) -> bytes:

@@ -628,3 +628,31 @@ def test_every_frame_carries_zstds_content_checksum(tmp_path: Path) -> None:
     (tmp_path / "bad.zst").write_bytes(bytes(bad))
     tested = subprocess.run(["zstd", "-q", "-t", str(tmp_path / "bad.zst")], capture_output=True)
     assert tested.returncode != 0
+
+
+def test_a_docker_save_with_zstd_compressed_layers(tmp_path: Path) -> None:
+    """OCI allows tar+zstd layers; those are read as a stream (no seeking back)."""
+    lower = tar_bytes([reg("etc/a", b"A"), reg("etc/gone", b"G")])
+    upper = tar_bytes([reg("etc/.wh.gone", b""), reg("etc/b", b"B")])
+
+    def zst(data: bytes) -> bytes:
+        return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+
+    src = tmp_path / "image.tar"
+    src.write_bytes(tar_bytes([
+        reg("l1/layer.tar", zst(lower)), reg("l2/layer.tar", zst(upper)),
+        reg("manifest.json", json.dumps([{"Layers": ["l1/layer.tar", "l2/layer.tar"]}]).encode()),
+    ]))  # fmt: skip
+    store = store_at(tmp_path / "s")
+    assert store.import_source("ctr", src).source == "container:image.tar"
+    out = tmp_path / "out"
+    unpack_with_tools(stream_bytes(store, "ctr"), out)
+    assert sorted(p.name for p in (out / "etc").iterdir()) == ["a", "b"]
+    truncated = tmp_path / "cut.tar"
+    truncated.write_bytes(tar_bytes([
+        reg("l1/layer.tar", zst(lower)[:-20]),
+        reg("manifest.json", json.dumps([{"Layers": ["l1/layer.tar"]}]).encode()),
+    ]))  # fmt: skip
+    with pytest.raises(ImageError, match="cut.tar:l1/layer.tar"):
+        store.import_source("ctr", truncated)
+    assert list((tmp_path / "s" / "tmp").iterdir()) == []
