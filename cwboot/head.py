@@ -74,6 +74,7 @@ class HeadPorts:
             api = self.services.get("api")
             url = api.url if api is not None else f"http://{self.address}:{self.api}"
             lines.append(f"API    tcp {url}/api/v1/  (REST; OpenAPI at /api/v1/openapi.json)")
+            lines.append(f"WEB    tcp {url}/dashboard#token=<token>  (node status in a browser; a read token will do)")
         return lines
 
 

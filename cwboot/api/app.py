@@ -1,6 +1,6 @@
 """The ASGI application of the REST API: routing, authentication, errors as JSON.
 
-Order of checks for a request: a public route (``GET /api/v1/health``)
+Order of checks for a request: a public route (``GET /api/v1/health``, ``GET /dashboard``)
 answers at once; otherwise the bearer token must be known (401), the path must
 exist (404) and allow the method (405), and a write needs an admin token
 (403). Handlers raise ``ApiError`` or the object layer's errors
@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from cwboot.api.auth import Tokens, bearer_token, tokens_from_config
+from cwboot.api.dashboard import dashboard_routes
 from cwboot.api.http import (
     ApiError,
     BodyLimits,
@@ -128,7 +129,8 @@ class ApiApp:
 
     async def _openapi(self, request: Request) -> Response:
         if self._openapi_cache is None:
-            self._openapi_cache = openapi_document(self.router.routes)
+            # The document describes the API under /api/v1, not the dashboard page.
+            self._openapi_cache = openapi_document(r for r in self.router.routes if r.path.startswith(API_PREFIX))
         return json_response(self._openapi_cache)
 
 
@@ -157,7 +159,7 @@ def create_app(
     """
     api = config.api if isinstance(config, Config) else config
     limits = BodyLimits(api.max_body_bytes, api.max_json_depth)
-    app = ApiApp(Router(object_routes(objects)), tokens or tokens_from_config(config), limits)
+    app = ApiApp(Router([*object_routes(objects), *dashboard_routes()]), tokens or tokens_from_config(config), limits)
     for route in extra_routes:
         app.add_route(route)
     return app
