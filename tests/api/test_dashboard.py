@@ -16,8 +16,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -26,7 +29,7 @@ import httpx
 import pytest
 import trio
 
-from cwboot.api.dashboard import DASHBOARD_PATH
+from cwboot.api.dashboard import DASHBOARD_PATH, dashboard_routes
 from cwboot.head import HeadPorts, run_head
 from tests.api.harness import READER, ServedApi
 from tests.test_head import TOKEN, head_config
@@ -275,3 +278,49 @@ def test_chromium_says_plainly_when_the_token_is_refused(api: ServedApi, tmp_pat
     reason = dom.by_id("token-reason").text
     assert "refused this token" in reason and "401: unknown token" in reason, reason
     assert "hidden" in dom.by_id("board").attrs
+
+
+@contextmanager
+def page_without_api() -> Iterator[str]:
+    """127.0.0.1:<port> serving only the dashboard page (with its real headers); every other
+    request has its connection closed unanswered, as when the API is down. Stops on exit."""
+    page = dashboard_routes()[0]
+    response = trio.run(page.handler, None)  # the handler ignores its request
+    head = "".join(f"{k}: {v}\r\n" for k, v in response.headers.items())
+    answer = f"HTTP/1.1 200 OK\r\n{head}content-length: {len(response.body)}\r\nconnection: close\r\n\r\n".encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                request = conn.recv(65536)
+                if request.startswith(f"GET {DASHBOARD_PATH} ".encode()):
+                    conn.sendall(answer + response.body)
+
+    thread = threading.Thread(target=serve, name="page-without-api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+        assert not thread.is_alive()
+
+
+@needs_chromium
+def test_chromium_says_plainly_when_the_api_is_down(tmp_path: Path) -> None:
+    with page_without_api() as url:
+        dom = dump_dom(f"{url}{DASHBOARD_PATH}#token={READER}", tmp_path / "profile")
+    assert dom.find_all("body")[0].attrs.get("data-state") == "error"
+    error = dom.by_id("error")
+    assert "hidden" not in error.attrs
+    assert error.text.startswith("cannot reach the cwboot API") and "retrying every 5 s" in error.text, error.text
+    assert "hidden" in dom.by_id("need-token").attrs  # the token was not the problem
