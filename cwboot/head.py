@@ -30,16 +30,18 @@ from typing import Any
 import trio
 
 from cwboot.api.app import create_app
+from cwboot.api.image_routes import image_routes
 from cwboot.api.power import power_routes
 from cwboot.api.server import serve_api
 from cwboot.api.stats import stats_routes
 from cwboot.config import Config, TftpConfig
 from cwboot.control.cache import ObjectCache
-from cwboot.control.images import ImageStore
+from cwboot.control.images import ImageError, ImageStore
 from cwboot.control.objects import Conflict, NotFound, ObjectError
 from cwboot.control.power import serve_power
 from cwboot.control.repo import Objects
 from cwboot.control.store import LeaseExpired, Store, StoreError, open_store
+from cwboot.protocol.manifest import BadManifest
 from cwboot.services.dhcp import serve_dhcp
 from cwboot.services.http import serve_http
 from cwboot.services.tftp import serve_tftp
@@ -141,6 +143,42 @@ async def keep_registered(
         except (LeaseExpired, StoreError) as exc:
             log.warning("head registration lost (%s); registering again", exc)
             await trio.sleep(1)
+
+
+# How often the head looks for image store indexes changed behind its back (one stat per image).
+IMAGES_SYNC_EVERY = 5.0
+
+
+async def keep_images_mirrored(
+    images: ImageStore, objects: Objects, stamps: dict[str, tuple[int, int]], every: float
+) -> None:
+    """Re-sync the ``image`` object of every image whose ``index.json`` changed since ``stamps``.
+
+    The CLI writes the store directly; when it could not reach the API, only this brings
+    the mirror (what ``cwboot images ls`` and the API show) up to date without a restart.
+    No store traffic while nothing changed; a failed sync is retried at the next check.
+    """
+    failing: dict[str, str] = {}
+    while True:
+        await trio.sleep(every)
+        try:
+            now = images.index_stamps()
+        except OSError as exc:
+            log.warning("cannot read the image store's indexes: %s", exc)
+            continue
+        for name, stamp in now.items():
+            if stamps.get(name) == stamp:
+                continue
+            try:
+                await images.sync_objects(objects, [name])
+            except (ObjectError, StoreError, ImageError, BadManifest, OSError) as exc:
+                if failing.get(name) != str(exc):
+                    log.warning("could not mirror image %s into its object: %s (will retry)", name, exc)
+                failing[name] = str(exc)
+                continue
+            log.info("image %s changed in the image store: object re-synced", name)
+            stamps[name] = stamp
+            failing.pop(name, None)
 
 
 # The TFTP child checks its counters this often and reports them when they changed.
@@ -315,12 +353,14 @@ async def run_head(
     config: Config,
     *,
     stats_log_every: float = STATS_LOG_EVERY,
+    images_sync_every: float = IMAGES_SYNC_EVERY,
     task_status: trio.TaskStatus[HeadPorts] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a head node until cancelled; reports HeadPorts once every service listens.
 
     Every ``stats_log_every`` seconds it logs a one-line summary of its services'
     totals when they changed (``activity_summary``); ``GET /api/v1/stats`` has the rest.
+    Every ``images_sync_every`` seconds it re-syncs the image objects whose index changed.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True)
     name = head_name(config)
@@ -333,7 +373,9 @@ async def run_head(
         ports = HeadPorts(name=name, address=config.head.advertise_address)
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
+            stamps = images.index_stamps()  # before the sync: a change during it is seen later
             await images.sync_objects(objects)
+            nursery.start_soon(keep_images_mirrored, images, objects, stamps, images_sync_every)
             reporter = StatusReporter(objects, cache, name, ttl=max(config.store.lease_ttl, 900))
             own_url = ""
             if config.http.enabled:
@@ -379,6 +421,7 @@ async def run_head(
                 )
                 ports.services["power"] = power
                 routes = power_routes(power)
+            routes += image_routes(images, objects)
             routes += stats_routes(
                 lambda: head_stats(ports, started, trio.current_time() - started_clock, trio.current_time())
             )

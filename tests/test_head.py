@@ -227,3 +227,49 @@ def _state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
     except FileNotFoundError:
         return "gone"
+
+
+def test_image_objects_follow_store_changes_made_without_the_api(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cwboot.head")
+    trio.run(_image_objects_follow_the_store, tmp_path, caplog)
+
+
+async def _image_objects_follow_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cwboot.control.images import ImageStore
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "motd").write_text("version one\n")
+    # The CLI's view of the head's store: the same folder, written directly (no API).
+    store = ImageStore(tmp_path / "images", chunk_size=64 * 1024)
+    store.import_tree("img", tree)
+    cfg = head_config(tmp_path / "state", **{"images.store_dir": repr(str(store.root)), "images.chunk_size": "65536",
+                                             "dhcp.enabled": "false", "tftp.enabled": "false"})  # fmt: skip
+
+    def resyncs() -> int:
+        return sum("object re-synced" in r.getMessage() for r in caplog.records)
+
+    async with trio.open_nursery() as nursery:
+        ports: HeadPorts = await nursery.start(functools.partial(run_head, cfg, images_sync_every=0.1))
+        api = f"http://127.0.0.1:{ports.api}/api/v1"
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as client:
+
+            async def latest_becomes(version: str) -> None:
+                with trio.fail_after(10):
+                    while (await client.get(f"{api}/images/img")).json()["latest"] != version:
+                        await trio.sleep(0.05)
+
+            await latest_becomes("1")  # synced at start
+            (tree / "motd").write_text("version two\n")
+            store.import_tree("img", tree)
+            await latest_becomes("2")
+            doc = (await client.get(f"{api}/images/img")).json()
+            assert [v["version"] for v in doc["versions"]] == ["1", "2"]
+            store.rollback("img")
+            await latest_becomes("1")
+            # Nothing changed since: the probe finds the same (inode, mtime) and syncs nothing.
+            await trio.sleep(0.5)
+            assert resyncs() == 2
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,11 @@ Each kind has a collection under ``/api/v1/``: its name plus "s"
     PATCH  /api/v1/<collection>/<uid or name>    change some fields
     DELETE /api/v1/<collection>/<uid or name>    remove (204)
 
+Writes refuse the fields cwboot mirrors from elsewhere (``Field.set_by``: an
+image's ``versions``/``latest`` come from the head's image store) with a 400
+naming the command that sets them; ``Objects`` itself still writes them, for
+``ImageStore.sync_objects``.
+
 Reads pass every document through ``objects.redact``: a secret field such as
 ``power_password`` comes back only as ``power_password_set: true/false``, and
 secrets cannot be used as list filters (that would let readers guess them).
@@ -61,6 +66,7 @@ class ObjectHandlers:
     def __init__(self, repo: Objects, kind: str) -> None:
         self.repo = repo
         self.kind = kind
+        self.mirrored = {key for key, f in objects.fields_of(kind).items() if f.set_by}
 
     def _out(self, doc: dict[str, Any]) -> dict[str, Any]:
         return objects.redact(self.kind, doc)
@@ -81,10 +87,16 @@ class ObjectHandlers:
             for i, item in enumerate(body):
                 if not isinstance(item, dict):
                     raise ApiError(400, f"item {i} of the list: expected a JSON object")
+                if self.mirrored & item.keys():
+                    try:
+                        objects.without_mirrored_fields(self.kind, item)
+                    except objects.InvalidObject as exc:
+                        raise ApiError(400, f"item {i} of the list: {exc}") from None
             created = await self.repo.create_many(self.kind, body) if body else []
             return json_response([out(d) for d in created], 201, headers)
         if not isinstance(body, dict):
             raise ApiError(400, "expected a JSON object (one new object) or a list of them")
+        body = objects.without_mirrored_fields(self.kind, body)
         return json_response(out(await self.repo.create(self.kind, body)), 201, headers)
 
     async def get(self, request: Request) -> Response:
@@ -94,7 +106,11 @@ class ObjectHandlers:
         body = await request.json()
         if not isinstance(body, dict):
             raise ApiError(400, "expected a JSON object with the fields to change")
-        doc = await self.repo.update(self.kind, request.path_params["ref"], body)
+        ref = request.path_params["ref"]
+        if self.mirrored & body.keys():
+            # Only then is the current document needed (an unchanged echo is dropped).
+            body = objects.without_mirrored_fields(self.kind, body, await self.repo.get(self.kind, ref))
+        doc = await self.repo.update(self.kind, ref, body)
         return json_response(self._out(doc))
 
     async def delete(self, request: Request) -> Response:

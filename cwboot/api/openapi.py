@@ -50,6 +50,9 @@ def field_schema(field: objects.Field) -> dict[str, Any]:
         schema["default"] = field.default
     if field.read_only:
         schema["readOnly"] = True
+    if field.set_by:
+        schema["readOnly"] = True
+        schema["description"] = f"set by {field.set_by} (a mirror of the head's image store)"
     if field.secret:
         schema["writeOnly"] = True
     if field.immutable:

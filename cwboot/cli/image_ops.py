@@ -4,11 +4,12 @@ rollback|remove|gc|add-file`` and ``cwboot initramfs build``.
 They open the store at ``images_dir`` from the config (``--set images.store_dir=...``),
 so they run on a head. The store's index is what the head's HTTP engine serves
 from, so an import or rollback takes effect for the next iPXE script at once.
-After a change they also mirror the image's versions/latest into its ``image``
-object through the API (what ``cwboot images ls`` and the dashboard show); when
-no API answers they say so and the head mirrors them at its next start
-(``ImageStore.sync_objects``). Progress bars go to a
-terminal's stderr; when stderr is not a TTY the commands are quiet.
+After a change they also ask the head to mirror the image's versions/latest
+into its ``image`` object (``POST /api/v1/images/{name}/sync``; what ``cwboot
+images ls`` and the dashboard show); when no API answers they say so, and the
+head mirrors them when it sees the index change (``keep_images_mirrored``).
+Progress bars go to a terminal's stderr; when stderr is not a TTY the commands
+are quiet.
 """
 
 from __future__ import annotations
@@ -60,23 +61,20 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore.from_config(load_config(args))
 
 
-def _mirror(args: argparse.Namespace, store: ImageStore, name: str) -> None:
-    """Push the image's versions/latest into its object; a missing API is not an error."""
-    from cwboot.cli.client import ApiRequestError, api_client
+def _mirror(args: argparse.Namespace, name: str) -> None:
+    """Have the head mirror the image's versions/latest into its object; a missing API is not an error."""
+    from urllib.parse import quote
 
-    doc = store.object_doc(name)
+    from cwboot.cli.client import api_client
+
     try:
         with api_client(args) as api:
-            try:
-                api.update_object("image", name, doc)
-            except ApiRequestError as exc:
-                if exc.status != 404:
-                    raise
-                api.create_object("image", {"name": name, **doc})
+            # versions/latest are read-only through the API: the head mirrors its own store.
+            api.request("POST", f"/api/v1/images/{quote(name, safe='')}/sync")
     except CliError as exc:
         print(
             f"cwboot: image object not updated ({exc}); the head serves this change already "
-            "and syncs the object (what 'images ls' shows) at its next start",
+            "and syncs the object (what 'images ls' shows) within seconds of seeing it",
             file=sys.stderr,
         )
 
@@ -97,7 +95,7 @@ def _import(args: argparse.Namespace) -> int:
     except (ImageError, BadManifest, OSError) as exc:
         raise CliError(str(exc)) from None
     s = store.last_import
-    _mirror(args, store, args.name)
+    _mirror(args, args.name)
     doc = {
         "name": m.name,
         "version": m.version,
@@ -161,7 +159,7 @@ def _rollback(args: argparse.Namespace) -> int:
         version = store.rollback(args.name, args.version or "")
     except ImageError as exc:
         raise CliError(str(exc)) from None
-    _mirror(args, store, args.name)
+    _mirror(args, args.name)
     _print(
         args,
         {"name": args.name, "latest": version},
@@ -176,7 +174,7 @@ def _remove(args: argparse.Namespace) -> int:
         store.remove_version(args.name, args.version)
     except ImageError as exc:
         raise CliError(str(exc)) from None
-    _mirror(args, store, args.name)
+    _mirror(args, args.name)
     _print(
         args,
         {"name": args.name, "removed": args.version},

@@ -29,7 +29,9 @@ image through ``resolve`` (``manifest``, ``chunk_path``, ``file_path`` for the
 bytes), so ``rollback`` and imports take effect for the next script served,
 whether or not the API could be told. ``sync_objects`` mirrors the indexes
 into the ``image`` objects (``versions``/``latest``) for the API, the CLI's
-listings and the dashboard; nothing serves from that mirror. Manifests are
+listings and the dashboard; nothing serves from that mirror, and the API
+refuses client writes to those fields. A head re-syncs an image when
+``index_stamps`` shows its index changed. Manifests are
 immutable and cached; ``index.json`` is re-read when its inode or mtime
 changes.
 """
@@ -727,6 +729,21 @@ class ImageStore:
                 }
             )
         return {"versions": versions, "latest": idx["latest"]}
+
+    def index_stamps(self) -> dict[str, tuple[int, int]]:
+        """(inode, mtime in ns) of every image's ``index.json``: one stat per image, so a head
+        can poll it to notice changes made behind its back (the CLI writes the store
+        directly). Every index write is a rename of a new file, so the inode changes even
+        when two writes share one mtime tick."""
+        stamps: dict[str, tuple[int, int]] = {}
+        with os.scandir(self.root / "images") as entries:
+            for entry in entries:
+                try:
+                    st = os.stat(os.path.join(entry.path, "index.json"))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                stamps[entry.name] = (st.st_ino, st.st_mtime_ns)
+        return stamps
 
     async def sync_objects(self, objects: Any, names: list[str] | None = None) -> None:
         """Create/update the ``image`` objects (cwboot.control.repo.Objects) from the on-disk indexes."""

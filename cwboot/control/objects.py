@@ -164,7 +164,13 @@ class Field:
     secret: bool = False
     # May not change after creation.
     immutable: bool = False
+    # Kept by cwboot itself from another source of truth, refused from API clients: says what
+    # sets it instead (the image store's mirror). Internal writers (Objects) may set it.
+    set_by: str = ""
 
+
+# What changes an image's versions/latest (the image store on a head); named in refusals.
+IMAGE_STORE_COMMANDS = "cwboot images import/rollback/remove"
 
 COMMON: dict[str, Field] = {
     "uid": Field(_str, read_only=True),
@@ -206,9 +212,10 @@ KINDS: dict[str, dict[str, Field]] = {
         "boot_style": Field(_choice("rwram", "roram", "overlay"), "rwram"),
     },
     "image": {
-        # [{version, manifest, raw_size, compressed_size, chunks, created}], managed by the image store.
-        "versions": Field(_json, []),
-        "latest": Field(_str, ""),
+        # A mirror of the head's image store (its index.json is what nodes boot; see
+        # ImageStore.sync_objects): [{version, manifest, raw_size, compressed_size, chunks, created}].
+        "versions": Field(_json, [], set_by=IMAGE_STORE_COMMANDS),
+        "latest": Field(_str, "", set_by=IMAGE_STORE_COMMANDS),
     },
     "head": {
         "addresses": Field(_str_list, []),
@@ -278,6 +285,33 @@ def validate_patch(kind: str, current: Mapping[str, Any], patch: Mapping[str, An
         out[key] = f.check(key, value)
     if out != current:
         out["last_modified"] = now
+    return out
+
+
+def without_mirrored_fields(
+    kind: str, doc: Mapping[str, Any], current: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A client's document (new object, or a patch of ``current``) minus the fields cwboot
+    mirrors from elsewhere (``Field.set_by``), for the API to hand to ``Objects``.
+
+    Writing such a field would change nothing that matters (nodes boot what the image
+    store says), so any value is refused with InvalidObject naming what sets it; on a
+    patch, echoing the current value back (a client that sends back what it read) is
+    harmless and is dropped, so a later sync cannot be overwritten by a stale echo.
+    """
+    spec = fields_of(kind)
+    out = dict(doc)
+    for key, value in doc.items():
+        f = spec.get(key)
+        if f is None or not f.set_by:
+            continue
+        if current is not None and key in current and current[key] == value:
+            del out[key]
+            continue
+        raise InvalidObject(
+            f"field '{key}' is read-only: it mirrors the head's image store and is set by "
+            f"'{f.set_by}' (changing it here would not change what nodes boot)"
+        )
     return out
 
 

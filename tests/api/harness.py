@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,13 @@ def api_config(state_dir: Path, **api: Any) -> Config:
 class ServedApi:
     binding: ApiBinding
     config: Config
+    # The served app's repository and loop, for writes only cwboot itself makes (``in_loop``).
+    objects: Objects
+    trio_token: trio.lowlevel.TrioToken
+
+    def in_loop(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await fn(*args)`` in the API's trio loop: e.g. ``objects.create`` of an image mirror."""
+        return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
 
     @property
     def url(self) -> str:
@@ -62,10 +69,11 @@ def served_api(config: Config, extra_routes: Iterable[Route] = ()) -> Iterator[S
     async def run() -> None:
         store = open_store(config)
         try:
-            app = create_app(Objects(store), config, extra_routes)
+            objects = Objects(store)
+            app = create_app(objects, config, extra_routes)
             async with trio.open_nursery() as nursery:
                 binding = await nursery.start(serve_api, app, config)
-                started.put((binding, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+                started.put((binding, objects, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
         finally:
             await store.aclose()
 
@@ -82,9 +90,9 @@ def served_api(config: Config, extra_routes: Iterable[Route] = ()) -> Iterator[S
     if isinstance(item, BaseException):
         thread.join()
         raise item
-    binding, token, scope = item
+    binding, objects, token, scope = item
     try:
-        yield ServedApi(binding, config)
+        yield ServedApi(binding, config, objects, token)
     finally:
         try:
             trio.from_thread.run_sync(scope.cancel, trio_token=token)

@@ -81,3 +81,18 @@ def test_node_ip_explicit_or_derived() -> None:
 def test_unknown_kind_is_not_found() -> None:
     with pytest.raises(objects.NotFound, match="unknown kind"):
         objects.validate_new("printer", {}, now=0.0)
+
+
+def test_mirrored_image_fields_are_refused_from_clients_but_stay_writable_inside() -> None:
+    image = objects.validate_new("image", {"name": "img", "latest": "2", "versions": [{"version": "2"}]}, now=0.0)
+    assert image["latest"] == "2"  # validation (what Objects, hence sync_objects, runs) accepts them
+    for doc in ({"name": "img", "latest": "1"}, {"name": "img", "versions": []}):
+        with pytest.raises(InvalidObject, match=r"is read-only: .*'cwboot images import/rollback/remove'"):
+            objects.without_mirrored_fields("image", doc)
+    with pytest.raises(InvalidObject, match="field 'latest' is read-only"):
+        objects.without_mirrored_fields("image", {"latest": "1"}, current=image)
+    # Echoing what was read is harmless: dropped, so the write cannot undo a later sync.
+    echo = {"description": "base", "latest": "2", "versions": [{"version": "2"}]}
+    assert objects.without_mirrored_fields("image", echo, current=image) == {"description": "base"}
+    node = {"index": 1, "mac": ["52:54:00:00:00:01"]}
+    assert objects.without_mirrored_fields("node", node) == node
