@@ -4,7 +4,9 @@
     <prefix>c<tag>: veth <prefix>C<tag> 10.98.0.2/24   (clients: tftp-hpa, atftp, curl, busybox)
 
 The addresses exist only inside the namespaces. ``impair(loss_percent=3, delay_ms=2)``
-shapes both directions of the link. Every process started with ``spawn`` or
+shapes both directions of the link: loss and delay with ``tc netem`` where the kernel
+has sch_netem, otherwise loss only (an nftables drop; no delay can be added), and it
+returns a text saying which. Every process started with ``spawn`` or
 ``run`` is recorded by PID and killed (its whole session) on ``close()``,
 which also deletes both namespaces (and with them the veth pair).
 """
