@@ -256,12 +256,16 @@ async def serve_tftp_process(
     """
     args = [sys.executable, "-m", "cwboot.tftp_process", "--root", root,
             "--listen", config.listen, "--port", str(config.port),
-            "--report-every", str(TFTP_REPORT_EVERY)]  # fmt: skip
+            "--report-every", str(TFTP_REPORT_EVERY), "--stdin-is-parent"]  # fmt: skip
     for name in _TFTP_CHILD_SETTINGS:
         args += ["--set", f"{name}={getattr(config, name)}"]
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(
-            functools.partial(trio.run_process, args, stdout=subprocess.PIPE, check=False)
+            # The child's stdin is a pipe only this process holds: if the head dies, even by
+            # SIGKILL, the child reads end of file and exits (no orphaned TFTP server).
+            functools.partial(
+                trio.run_process, args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False
+            )
         )
         assert proc.stdout is not None
         lines = LineReader(proc.stdout)

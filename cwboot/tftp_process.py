@@ -7,6 +7,8 @@ then ``{"stats": {...}}`` (the ``TftpStats`` counters, without the per-transfer
 records) at once and again whenever they changed, at most every ``--report-every``
 seconds. The head (``cwboot.head.serve_tftp_process``) reads every line, so the
 pipe never fills. Stops on SIGTERM/SIGINT (the head kills it by PID when it stops),
+when its stdin reaches end of file (the head holds the other end of that pipe, so
+the child exits even when the head was killed with SIGKILL and could not stop it),
 and when a report cannot be written because the head is gone.
 """
 
@@ -75,6 +77,15 @@ async def report_stats(stats: TftpStats, every: float) -> None:
         await trio.sleep(every)
 
 
+async def exit_when_parent_gone(cancel_scope: trio.CancelScope) -> None:
+    """Cancel ``cancel_scope`` at end of file on stdin: the head that holds the pipe is gone."""
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        while await stdin.receive_some(4096):
+            pass
+    cancel_scope.cancel()
+
+
 async def _main(args: argparse.Namespace) -> None:
     config = tftp_config(args.listen, args.port, args.set)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -84,6 +95,8 @@ async def _main(args: argparse.Namespace) -> None:
             )
             _write_line({"address": server.address, "port": server.port})
             nursery.start_soon(report_stats, server.stats, args.report_every)
+            if args.stdin_is_parent:
+                nursery.start_soon(exit_when_parent_gone, nursery.cancel_scope)
             async for _ in signals:
                 break
             nursery.cancel_scope.cancel()
@@ -98,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--report-every", type=float, default=1.0, metavar="SECONDS", help="how often to check the counters"
     )
+    parser.add_argument(
+        "--stdin-is-parent", action="store_true",
+        help="stdin is a pipe from the parent: exit when it reaches end of file (the parent died)",
+    )  # fmt: skip
     try:
         trio.run(_main, parser.parse_args(argv))
     except* BrokenPipeError:

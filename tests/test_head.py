@@ -12,8 +12,12 @@ import functools
 import logging
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -173,6 +177,48 @@ async def _tftp_own_process(tmp_path: Path) -> None:
             await trio.sleep(0.05)
 
 
+_HEAD_THEN_WAIT = """
+import sys, trio
+from cwboot import config as cwconfig
+from cwboot.head import run_head
+
+async def main():
+    cfg = cwconfig.load(None, sys.argv[1:])
+    async with trio.open_nursery() as nursery:
+        ports = await nursery.start(run_head, cfg)
+        print(ports.services["tftp"].pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def test_tftp_child_exits_when_its_head_is_killed(tmp_path: Path) -> None:
+    """SIGKILL gives the head no chance to stop its TFTP process: the child must notice alone."""
+    overrides = [f"head.state_dir={str(tmp_path / 'state')!r}", "head.advertise_address=127.0.0.1",
+                 "tftp.own_process=true", "tftp.listen=127.0.0.1", "tftp.port=0", "http.listen=127.0.0.1",
+                 "http.port=0", "dhcp.enabled=false", "api.enabled=false", "power.enabled=false"]  # fmt: skip
+    head = subprocess.Popen([sys.executable, "-c", _HEAD_THEN_WAIT, *overrides], stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert head.stdout is not None
+        child = int(head.stdout.readline())
+        assert _state(child) not in ("gone", "Z")
+        head.send_signal(signal.SIGKILL)
+        head.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _state(child) not in ("gone", "Z") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(child) in ("gone", "Z"), f"TFTP child {child} outlived its head"
+    finally:
+        head.kill()
+        head.wait()
+        if head.stdout is not None:
+            head.stdout.close()
+        if child and _state(child) not in ("gone", "Z"):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_tftp_child_reports_are_read_line_by_line_and_bad_lines_counted() -> None:
     trio.run(_child_reports)
 
@@ -224,7 +270,8 @@ async def _activity_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
 
 def _state(pid: int) -> str:
     try:
-        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[1].split()[0]
     except FileNotFoundError:
         return "gone"
 
