@@ -17,6 +17,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return section, key, value
+
+
+def tftp_from_settings(listen: str, port: int, settings: Sequence[str]) -> TftpConfig:
+    """A TftpConfig from ``KEY=VALUE`` words alone (no file), typed and validated like the
+    file's ``[tftp]`` table: what a TFTP process started on its own is given."""
+    values: dict[str, Any] = {"listen": listen, "port": port}
+    for text in settings:
+        _, key, value = parse_override(f"tftp.{text}")
+        values[key] = value
+    return from_dict({"tftp": values}).tftp
 
 
 def load(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from cwboot.config import TftpConfig
+from cwboot.config import ConfigError, tftp_from_settings
 from cwboot.services.tftp import TftpServer, TftpStats, serve_tftp
 
 # TftpStats fields left out of the reports (up to RECENT_TRANSFERS records: too big to send each time).
@@ -47,18 +47,6 @@ def counters_of(stats: Any, skip: Collection[str] = NOT_REPORTED) -> dict[str, A
             value = {str(k): snapshot[k] for k in sorted(snapshot, key=str)}
         out[f.name] = value
     return out
-
-
-def tftp_config(listen: str, port: int, settings: list[str]) -> TftpConfig:
-    """A TftpConfig from ``KEY=VALUE`` words (each value cast to the field's type)."""
-    config = TftpConfig(listen=listen, port=port)
-    names = {f.name for f in dataclasses.fields(config)}
-    for item in settings:
-        key, _, value = item.partition("=")
-        if key not in names:
-            raise SystemExit(f"unknown key 'tftp.{key}'")
-        setattr(config, key, type(getattr(config, key))(value))
-    return config
 
 
 def _write_line(doc: dict[str, Any]) -> None:
@@ -87,7 +75,10 @@ async def exit_when_parent_gone(cancel_scope: trio.CancelScope) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    config = tftp_config(args.listen, args.port, args.set)
+    try:
+        config = tftp_from_settings(args.listen, args.port, args.set)
+    except ConfigError as exc:
+        raise SystemExit(f"cwboot.tftp_process: {exc}") from None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             server: TftpServer = await nursery.start(

@@ -62,3 +62,13 @@ def test_bad_override_syntax() -> None:
 def test_float_setting_accepts_an_integer(tmp_path: Path) -> None:
     cfg = config.from_dict({"power": {"timeout": 3}})
     assert cfg.power.timeout == 3.0 and isinstance(cfg.power.timeout, float)
+
+
+def test_tftp_settings_for_a_child_process_are_typed_like_the_file() -> None:
+    cfg = config.tftp_from_settings("127.0.0.1", 0, ["max_transfers=8", "timeout=2", "own_process=false"])
+    assert (cfg.listen, cfg.port, cfg.max_transfers, cfg.timeout, cfg.own_process) == ("127.0.0.1", 0, 8, 2.0, False)
+    with pytest.raises(config.ConfigError, match="unknown key 'tftp.bogus'"):
+        config.tftp_from_settings("127.0.0.1", 0, ["bogus=1"])
+    # "False" is a word, not a boolean: refused, never read as a true value.
+    with pytest.raises(config.ConfigError, match="tftp.own_process: expected bool"):
+        config.tftp_from_settings("127.0.0.1", 0, ["own_process=False"])

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import trio
 
-from cwboot.config import TftpConfig
+from cwboot.config import ConfigError, TftpConfig, tftp_from_settings
 from cwboot.protocol.tftp import (
     DEBIAN_IPXE_LOADERS,
     MIN_BLKSIZE,
@@ -511,12 +511,10 @@ async def fetch_tftp(
 
 
 async def _main(args: argparse.Namespace) -> None:
-    config = TftpConfig(listen=args.listen, port=args.port)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in {f.name for f in dataclasses.fields(config)}:
-            raise SystemExit(f"unknown key 'tftp.{key}'")
-        setattr(config, key, type(getattr(config, key))(value))
+    try:
+        config = tftp_from_settings(args.listen, args.port, args.set)
+    except ConfigError as exc:
+        raise SystemExit(f"cwboot.services.tftp: {exc}") from None
     async with trio.open_nursery() as nursery:
         server: TftpServer = await nursery.start(
             lambda task_status: serve_tftp(config, root=args.root, task_status=task_status)
