@@ -20,6 +20,14 @@ runs in the worker processes.
 Baseline, measured in the same run: ``ipmitool -I lanplus chassis power
 status`` per node, 64 at a time (what ``xargs -P 64 ipmitool ...`` does).
 
+``--during-storm N`` instead measures the power-on where it matters: a boot
+storm of N nodes (cwboot.sim.storm, ``power="head-api"``) in which the head
+under test, as its own process, powers every node on through its REST API
+(``POST /api/v1/power/on``, bootdev pxe, its IPMI workers) while it serves
+the boots of the nodes already up. Prints the API call to the last BMC
+acknowledging power-on, the peak sessions per BMC, failures and the storm's
+wall time (``--netns`` over a namespace pair, as ``cwboot bench storm``).
+
 ``--pyghmi-fixes`` instead compares one IPMI worker process (16 threads, 256
 status operations, 16 at a time) with and without
 cwboot.control.power.pyghmi_fixes: total time, slowest operation, and stalls
@@ -159,6 +167,34 @@ def compare_pyghmi_fixes(sim: SimulatorProcess, rounds: int = 3) -> list[dict[st
     return rows
 
 
+def during_storm(nodes: int, *, netns: bool, as_json: bool) -> int:
+    """A boot storm whose nodes the head powers on itself (cwboot bench storm --power head-api)."""
+    from cwboot.sim.storm import StormOptions, run_storm
+
+    options = StormOptions(nodes=nodes, netns=netns, power="head-api", measure_floor=False)
+    report = trio.run(run_storm, options)
+    p = report.power
+    row = {
+        "nodes": nodes, "link": report.link, "power_ok": p["ok"], "power_failed": p["failed"],
+        "power_errors": p["errors"], "api_to_last_on_s": round(p["last_on_seconds"], 3),
+        "api_answered_s": round(p["api_seconds"], 3),
+        "peak_sessions_per_bmc": p["bmc"]["peak_sessions_per_bmc"],
+        "head_peak_ops_per_bmc": p["head"].get("peak_per_bmc"),
+        "nodes_served_before_last_on": p["nodes_served_before_last_on"],
+        "storm_up": report.up, "storm_failures": report.failures, "storm_wall_s": round(report.wall, 2),
+    }  # fmt: skip
+    if as_json:
+        print(json.dumps(row, indent=2))
+    else:
+        print(report.summary())
+        print(
+            f"{nodes} nodes powered on by the head during their storm: last BMC on "
+            f"{row['api_to_last_on_s']:.2f} s after the API call, {row['power_failed']} power failures, "
+            f"peak sessions per BMC {row['peak_sessions_per_bmc']}, storm wall {row['storm_wall_s']:.2f} s"
+        )
+    return 0 if p["failed"] == 0 and report.failures == 0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--counts", default="1,100,1000")
@@ -174,7 +210,12 @@ def main() -> int:
     ap.add_argument(
         "--pyghmi-fixes", action="store_true", help="compare pyghmi with and without cwboot's fixes"
     )
+    ap.add_argument("--during-storm", type=int, metavar="N", default=0,
+                    help="power on N nodes through the head's API during their boot storm")  # fmt: skip
+    ap.add_argument("--netns", action="store_true", help="--during-storm: over a namespace pair")
     args = ap.parse_args()
+    if args.during_storm:
+        return during_storm(args.during_storm, netns=args.netns, as_json=args.json)
     if args.pyghmi_fixes:
         sim = SimulatorProcess(256)
         try:

@@ -4,6 +4,7 @@ Examples::
 
     cwboot bench storm --nodes 1000 --image synthetic:32 --netns --baseline dnsmasq \\
         --json storm.json --plot storm.png
+    cwboot bench storm --nodes 1000 --netns --power head-api --no-floor
     cwboot bench storm --nodes 200 --target running --dhcp 127.0.0.1:6767 --tftp-port 6969 \\
         --http-url http://127.0.0.1:8081 --image-name rocky9
 
@@ -50,6 +51,8 @@ def _options(args: argparse.Namespace, target: str) -> storm.StormOptions:
 def _storm(args: argparse.Namespace) -> int:
     if args.rate and not args.netns:
         raise CliError("--rate shapes the namespace link: add --netns")
+    if args.power == "head-api" and (args.target != "head" or args.baseline):
+        raise CliError("--power head-api needs --target head and no --baseline (the head powers the nodes on)")
     targets = [args.target] + ([args.baseline] if args.baseline else [])
     reports: list[storm.StormReport] = []
     for target in targets:
@@ -111,8 +114,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.0,
         help="nodes powered on per second (0: all at once)",
     )
-    p.add_argument("--power", choices=["", "ipmi"], default="",
-                   help="ipmi: power nodes on through cwboot's power service and simulated BMCs")  # fmt: skip
+    p.add_argument("--power", choices=list(storm.POWER_MODES), default="",
+                   help="ipmi: simulated BMCs powered on by cwboot's power service run in the harness; "
+                        "head-api: the head under test powers them on itself (POST /api/v1/power/on, "
+                        "bootdev pxe) while it serves their boots")  # fmt: skip
     p.add_argument(
         "--no-floor", action="store_true", help="skip the bare-sendfile floor measurement"
     )

@@ -33,6 +33,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import struct
 import sys
 import uuid
@@ -507,19 +508,27 @@ async def serve_bmcs(
     ports: Sequence[int] | None = None,
     *,
     hosts: Sequence[str] | None = None,
+    make_socket: Callable[[int, int], socket.socket] | None = None,
     task_status: trio.TaskStatus[BmcFarm] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve each BMC on its own UDP socket; reports a ``BmcFarm`` with the addresses bound.
 
     ``bmcs[i]`` binds ``hosts[i]`` (default: ``host`` for all; any 127.0.0.0/8
     address works on Linux without setup) and ``ports[i]`` (default 0: any
-    free port; 623 needs root).
+    free port; 623 needs root). ``make_socket(family, type)``, when given,
+    creates the stdlib sockets (e.g. inside a network namespace the caller
+    made: cwboot.sim.netns).
     """
     farm = BmcFarm(host, list(bmcs))
     socks = []
     try:
         for i, _ in enumerate(bmcs):
-            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            if make_socket is None:
+                sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            else:
+                sock = trio.socket.from_stdlib_socket(
+                    make_socket(socket.AF_INET, socket.SOCK_DGRAM)
+                )
             socks.append(sock)
             await sock.bind((hosts[i] if hosts else host, ports[i] if ports else 0))
             bound_host, bound_port = sock.getsockname()

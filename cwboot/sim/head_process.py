@@ -8,7 +8,7 @@ and memory, so the head never shares a core or a GIL with the simulated nodes.
 
 ``seed`` writes what a storm needs into the head's (embedded) store before it
 starts: the image objects, a naming pool, a boot config, and ``count`` nodes
-with the storm's known MACs.
+with the storm's known MACs (and, for ``--power head-api``, each node's BMC).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -50,8 +51,23 @@ def ports_of(bound: Any) -> dict[str, int]:
     return out
 
 
-async def seed(config: Config, content: StormContent, count: int, *, first_index: int = 0) -> None:
-    """Image objects, pool ``storm``, boot config ``storm`` and nodes n<first>.. with mac_for(i)."""
+async def seed(
+    config: Config,
+    content: StormContent,
+    count: int,
+    *,
+    first_index: int = 0,
+    power_uris: Sequence[str] = (),
+    power_password: str = "",
+) -> None:
+    """Image objects, pool ``storm``, boot config ``storm`` and nodes n<first>.. with mac_for(i).
+
+    With ``power_uris`` (one per node, in order), node i also gets
+    ``power_uri = power_uris[i]`` and the secret ``power_password``: its BMC,
+    so the head itself can power it on (``cwboot bench storm --power head-api``).
+    """
+    if power_uris and len(power_uris) != count:
+        raise ValueError(f"{len(power_uris)} power URIs for {count} nodes")
     store = open_store(config)
     try:
         objects = Objects(store)
@@ -69,10 +85,13 @@ async def seed(config: Config, content: StormContent, count: int, *, first_index
                 "name": BOOT_CONFIG, "kernel": content.kernel, "initramfs": content.initramfs,
                 "cmdline": "console=ttyS0", "image": content.image, "boot_style": "rwram",
             })  # fmt: skip
-        docs = [
+        docs: list[dict[str, Any]] = [
             {"index": i, "naming_pool": POOL, "mac": [mac_for(i)], "boot_config": BOOT_CONFIG}
             for i in range(first_index, first_index + count)
         ]
+        for doc, uri in zip(docs, power_uris, strict=False):
+            doc["power_uri"] = uri
+            doc["power_password"] = power_password
         await objects.create_many("node", docs)
     finally:
         await store.aclose()

@@ -15,7 +15,9 @@
    bandwidth floor (cwboot.sim.floor: bare sendfile of the same stream, same
    client code, same link);
 5. the storm (cwboot.sim.swarm), while the server processes' CPU time and
-   RSS are sampled with psutil;
+   RSS are sampled with psutil; with ``power="head-api"`` the head under test
+   powers the nodes on itself (``_HeadPower``: simulated BMCs, the head's
+   ``POST /api/v1/power/on``), so it does IPMI while it serves their boots;
 6. the report (``StormReport``): wall time to all-up, failures, per-phase and
    whole-boot p50/p95/p99, server CPU and peak RSS, bytes served, the floor
    and wall/floor, as JSON and a one-screen summary; ``plot`` draws nodes-up
@@ -25,6 +27,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -43,10 +46,11 @@ import psutil
 import trio
 
 from cwboot import config as cwconfig
+from cwboot.api.auth import admin_token_path, ensure_token_file
 from cwboot.control.images import ImageStore
 from cwboot.sim import baseline, floor, head_process, ipxe_script, netns
 from cwboot.sim import content as content_mod
-from cwboot.sim.http_client import HttpConnection
+from cwboot.sim.http_client import HttpConnection, HttpError
 from cwboot.sim.node import PHASES, NodeConfig, NodeResult, mac_for
 from cwboot.sim.rootfs import FrameDigests
 from cwboot.sim.swarm import (
@@ -58,6 +62,9 @@ from cwboot.sim.swarm import (
 )
 
 TARGETS = ("head", "running", "dnsmasq")
+# "": all nodes at once (or launch_rate); "ipmi": cwboot's power service in this harness;
+# "head-api": the head under test, through its REST API (see StormOptions.power).
+POWER_MODES = ("", "ipmi", "head-api")
 
 
 @dataclass
@@ -90,8 +97,11 @@ class StormOptions:
     # Power-on wave: nodes started per second (0: all at once).
     launch_rate: float = 0.0
     # "ipmi": every node has a simulated BMC (cwboot.sim.bmc, loopback) and is powered on
-    # through cwboot's power service (IPMI over RMCP+, pyghmi workers); a node starts
-    # booting when its BMC's power-on hook fires. "": all nodes at once (launch_rate).
+    # through cwboot's power service (IPMI over RMCP+, pyghmi workers) run in this harness;
+    # a node starts booting when its BMC's power-on hook fires. "head-api": the same BMCs,
+    # but each node's power_uri is in the head's store and the head under test powers them
+    # all on (POST /api/v1/power/on, bootdev pxe, its own IPMI workers and budget) while it
+    # serves the boots of those already up; target "head" only. "": all nodes at once.
     power: str = ""
     measure_floor: bool = True
     floor_connections: int = 32
@@ -136,6 +146,8 @@ class StormReport:
     retries: dict[str, int]
     errors: dict[str, int]
     settings: dict[str, Any]
+    # --power head-api: the head's power-on through its API (see _HeadPower.result).
+    power: dict[str, Any] = field(default_factory=dict)
     node_results: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_json(self, *, with_nodes: bool = False) -> str:
@@ -169,6 +181,14 @@ class StormReport:
         lines.append(
             f"  503 waits {self.waits}, retries {self.retries or 0}, errors {self.errors or 0}"
         )
+        p = self.power
+        if p:
+            lines.append(
+                f"  power-on by the head (API): {p['ok']}/{p['nodes']} ok, {p['failed']} failed; "
+                f"last BMC on {p['last_on_seconds']:.2f} s, API answered {p['api_seconds']:.2f} s "
+                f"after the call; peak sessions per BMC {p['bmc']['peak_sessions_per_bmc']}; "
+                f"{p['nodes_up_before_last_on']} nodes up before the last power-on"
+            )
         return "\n".join(lines)
 
 
@@ -243,6 +263,15 @@ class _Link:
         import socket
 
         return self.pair.socket(family, type) if self.pair else socket.socket(family, type)
+
+    def make_server_socket(self, family: int, type: int) -> Any:
+        """A socket on the head's side: its loopback (the API, the simulated BMCs) is there."""
+        import socket
+
+        if self.pair is None:
+            return socket.socket(family, type)
+        with self.pair.entered("server"):
+            return socket.socket(family, type)
 
     @property
     def server_address(self) -> str:
@@ -386,6 +415,7 @@ def _report(
 async def _storm(
     options: StormOptions, link: _Link, targets: SwarmTargets, image_url: str, pids: list[int],
     fl: floor.FloorResult | None, digests: FrameDigests, first_index: int = 0,
+    head_power: _HeadPower | None = None,
 ) -> StormReport:  # fmt: skip
     source = netns.node_address(0, link.node_network())
     m = await prove_image(image_url, digests, source=source, make_socket=link.make_socket)
@@ -395,14 +425,166 @@ async def _storm(
         power_on = None
         if options.power == "ipmi":
             power_on = await nursery.start(_power_on_through_bmcs, options.nodes, first_index)
+        elif head_power is not None:
+            power_on = head_power.receive
+            # Runs at the swarm's first checkpoint: after its clock started (t0).
+            nursery.start_soon(head_power.power_on, options.node.deadline)
+        t0 = trio.current_time()
         swarm = await run_swarm(targets, options.nodes, config=options.node, digests=digests,
                                 launch_rate=options.launch_rate, first_index=first_index,
                                 power_on=power_on)  # fmt: skip
+        if head_power is not None:
+            with trio.move_on_after(60):  # every node has finished: the answer is due
+                await head_power.done.wait()
         nursery.cancel_scope.cancel()
     report = _report(options, link, swarm, meter.result(), fl)
     report.settings["image_chunks"] = len(m.chunks)
     report.settings["image_compressed_bytes"] = m.compressed_size
+    if head_power is not None:
+        report.power = head_power.result(t0, swarm.nodes)
     return report
+
+
+class _HeadPower:
+    """``--power head-api``: a simulated BMC per node, powered on by the head under test.
+
+    The BMCs listen on the head's loopback (127.0.0.1; inside the server
+    namespace with --netns), node i's ``power_uri`` names BMC i, and one
+    ``POST /api/v1/power/on {"nodes": "n[..]", "bootdev": "pxe"}`` with the
+    head's admin token asks the head to power every node on: its IPMI workers
+    log in, set boot device PXE (once), power on and log out, one session per
+    node, within its ``[power]`` budget. A BMC's power-on hook starts its node
+    (``receive``), so the head serves the first nodes' DHCP/TFTP/HTTP while it
+    still powers on the rest.
+    """
+
+    def __init__(self, count: int, first_index: int = 0) -> None:
+        from cwboot.sim.bmc import make_bmcs
+
+        self.count = count
+        self.first_index = first_index
+        self.send, self.receive = trio.open_memory_channel[int](count)
+        self.bmcs = make_bmcs(count, hook=self._hook)
+        self.hosts: list[str] = []
+        self.ports: list[int] = []
+        # When each BMC acknowledged power-on (the trio clock), by node offset.
+        self.on_at: dict[int, float] = {}
+        # The head's API: address, port, admin token (set before power_on runs).
+        self.api: tuple[str, int] = ("127.0.0.1", 0)
+        self.token = ""
+        self.make_socket: Any = None
+        self.called = 0.0
+        self.answered = 0.0
+        self.answer: dict[str, Any] = {}
+        self.head_stats: dict[str, Any] = {}
+        self.error = ""
+        self.done = trio.Event()
+
+    def _hook(self, bmc: Any, action: str) -> None:
+        if action not in ("on", "cycle", "reset"):
+            return
+        i = int(bmc.name[3:])
+        if i in self.on_at:
+            return
+        self.on_at[i] = trio.current_time()
+        try:
+            self.send.send_nowait(i)
+        except trio.ClosedResourceError:
+            pass  # the head already answered (this node timed out there): counted as not started
+
+    async def serve(
+        self, make_socket: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the BMCs (on the head's loopback through ``make_socket``) until cancelled."""
+        from cwboot.sim.bmc import BmcFarm, serve_bmcs
+
+        async with trio.open_nursery() as nursery:
+            farm: BmcFarm = await nursery.start(
+                functools.partial(serve_bmcs, self.bmcs, "127.0.0.1", make_socket=make_socket)
+            )
+            self.hosts, self.ports = farm.hosts, farm.ports
+            self.make_socket = make_socket
+            task_status.started()
+
+    def uris(self) -> list[str]:
+        user = self.bmcs[0].options.user
+        return [f"ipmi://{user}@{h}:{p}" for h, p in zip(self.hosts, self.ports, strict=True)]
+
+    @property
+    def password(self) -> str:
+        return self.bmcs[0].options.password
+
+    async def power_on(self, deadline: float) -> None:
+        """The API call, then the head's power counters; ``send`` is closed once it answered."""
+        conn = HttpConnection(*self.api, make_socket=self.make_socket)
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        last = self.first_index + self.count - 1
+        body = json.dumps({"nodes": f"n[{self.first_index}-{last}]", "bootdev": "pxe"}).encode()
+        try:
+            with trio.move_on_after(deadline) as scope:
+                self.called = trio.current_time()
+                response = await conn.request("POST", "/api/v1/power/on", body=body, headers=headers)
+                self.answered = trio.current_time()
+                if response.status != 200:
+                    self.error = f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
+                else:
+                    self.answer = json.loads(response.body)
+                stats = await conn.request("GET", "/api/v1/stats", headers=headers)
+                if stats.status == 200:
+                    self.head_stats = json.loads(stats.body).get("services", {}).get("power", {})
+            if scope.cancelled_caught and not self.error:
+                self.error = f"no answer from the head's API in {deadline:g} s"
+        except (HttpError, ValueError) as exc:
+            self.error = f"power API: {exc}"
+        finally:
+            conn.close()
+            self.send.close()
+            self.done.set()
+
+    def result(self, t0: float, nodes: Sequence[NodeResult]) -> dict[str, Any]:
+        """The power figures for the report (seconds from the API call unless said)."""
+        results: list[dict[str, Any]] = self.answer.get("results", [])
+        ok = sum(1 for r in results if r.get("ok"))
+        errors: dict[str, int] = {}
+        for r in results:
+            if not r.get("ok"):
+                key = str(r.get("error", ""))[:80]
+                errors[key] = errors.get(key, 0) + 1
+        if self.error:
+            errors[self.error[:200]] = self.count - len(results)
+        last_on = max(self.on_at.values(), default=self.called)
+        # On the storm's clock (node phases are seconds since t0).
+        cut = last_on - t0
+        served = sum(
+            1 for n in nodes if n.phases and min(end for _, end in n.phases.values()) <= cut
+        )
+        farm = {
+            "bmcs": len(self.bmcs),
+            "sessions_opened": sum(b.stats.sessions_opened for b in self.bmcs),
+            "sessions_closed": sum(b.stats.sessions_closed for b in self.bmcs),
+            "sessions_open_now": sum(b.stats.active for b in self.bmcs),
+            "peak_sessions_per_bmc": max((b.stats.peak_active for b in self.bmcs), default=0),
+            "duplicates": sum(b.stats.duplicates for b in self.bmcs),
+            "powered_on": sum(b.power_on for b in self.bmcs),
+            "booted_pxe": sum(b.last_boot_device == "pxe" for b in self.bmcs),
+        }
+        return {
+            "mode": "head-api",
+            "nodes": self.count,
+            "ok": ok,
+            "failed": self.count - ok,
+            "errors": errors,
+            "api_seconds": self.answered - self.called if self.answered else 0.0,
+            "first_on_seconds": min(self.on_at.values(), default=self.called) - self.called,
+            "last_on_seconds": last_on - self.called,
+            "api_call_at": self.called - t0,
+            "slowest_node_seconds": max((float(r.get("elapsed", 0.0)) for r in results), default=0.0),
+            "attempts": sum(int(r.get("attempts", 0)) for r in results),
+            "nodes_served_before_last_on": served,
+            "nodes_up_before_last_on": sum(1 for n in nodes if n.ok and n.up <= cut),
+            "bmc": farm,
+            "head": self.head_stats,
+        }
 
 
 async def _power_on_through_bmcs(
@@ -455,6 +637,10 @@ async def run_storm(options: StormOptions) -> StormReport:
         raise ValueError("the dnsmasq baseline needs --netns (dnsmasq does no DHCP on loopback)")
     if options.target == "running" and options.running is None:
         raise ValueError("target 'running' needs RunningTarget (ports and URLs)")
+    if options.power not in POWER_MODES:
+        raise ValueError(f"power {options.power!r}: expected one of {', '.join(map(repr, POWER_MODES))}")
+    if options.power == "head-api" and options.target != "head":
+        raise ValueError("power 'head-api' needs target 'head' (the harness enrols the BMCs in its store)")
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="cwboot-storm-"))
     workdir.mkdir(parents=True, exist_ok=True)
     pair = netns.create_pair(rate=options.rate) if options.netns else None
@@ -495,16 +681,33 @@ async def run_storm(options: StormOptions) -> StormReport:
                                    node_network=link.node_network(), make_socket=link.make_socket)  # fmt: skip
             image_url = f"{stack.http_url}/images/{c.image}/{c.version}"
             return await _storm(options, link, targets, image_url, stack.pids, fl, digests)
-        await head_process.seed(config, c, options.nodes)
-        cmd = [*link.exec_prefix(), sys.executable, "-m", "cwboot.sim.head_process", *overrides]
-        proc, line = _start_process(cmd, workdir / "head.log")
-        procs.append(proc)
-        ports = json.loads(line)
-        addr = link.server_address
-        targets = SwarmTargets((addr, ports["dhcp"]), link.relay(), ports["tftp"],
-                               node_network=link.node_network(), make_socket=link.make_socket)  # fmt: skip
-        image_url = f"http://{addr}:{ports['http']}/images/{c.image}/{c.version}"
-        return await _storm(options, link, targets, image_url, [proc.pid], fl, digests)
+        async with trio.open_nursery() as nursery:
+            head_power = None
+            if options.power == "head-api":
+                head_power = _HeadPower(options.nodes)
+                await nursery.start(head_power.serve, link.make_server_socket)
+                # The head reads this file at start; the harness is its admin.
+                token_file = admin_token_path(config)
+                assert token_file is not None  # always a path for a whole Config
+                head_power.token = ensure_token_file(token_file)
+            await head_process.seed(
+                config, c, options.nodes, power_uris=head_power.uris() if head_power else (),
+                power_password=head_power.password if head_power else "",
+            )  # fmt: skip
+            cmd = [*link.exec_prefix(), sys.executable, "-m", "cwboot.sim.head_process", *overrides]
+            proc, line = _start_process(cmd, workdir / "head.log")
+            procs.append(proc)
+            ports = json.loads(line)
+            addr = link.server_address
+            targets = SwarmTargets((addr, ports["dhcp"]), link.relay(), ports["tftp"],
+                                   node_network=link.node_network(), make_socket=link.make_socket)  # fmt: skip
+            image_url = f"http://{addr}:{ports['http']}/images/{c.image}/{c.version}"
+            if head_power is not None:
+                head_power.api = ("127.0.0.1", ports["api"])
+            report = await _storm(options, link, targets, image_url, [proc.pid], fl, digests,
+                                  head_power=head_power)  # fmt: skip
+            nursery.cancel_scope.cancel()
+        return report
     finally:
         for proc in procs:
             _stop(proc)

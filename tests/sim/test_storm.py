@@ -67,6 +67,28 @@ def test_storm_powered_on_through_ipmi() -> None:
     _check(report, 12)
 
 
+def test_storm_powered_on_by_the_head_through_its_api() -> None:
+    """The head under test powers its nodes on (POST /api/v1/power/on, bootdev pxe) while it
+    serves their boots: its own IPMI workers against a simulated BMC per node."""
+    options = StormOptions(nodes=12, image="synthetic:2", kernel_mib=0.5, initramfs_mib=0.5,
+                           measure_floor=False, power="head-api")  # fmt: skip
+    report = trio.run(run_storm, options)
+    _check(report, 12)
+    p = report.power
+    assert p["ok"] == 12 and p["failed"] == 0 and not p["errors"], p["errors"]
+    # The head did it: its power service ran one operation per node, never two on one BMC.
+    assert p["head"]["operations"] == 12 and p["head"]["peak_per_bmc"] == 1
+    bmc = p["bmc"]
+    # Each BMC: one session (login, bootdev, on, logout), never more than one open at once,
+    # every session closed, and the boot it started was the PXE boot asked for.
+    assert bmc["sessions_opened"] == 12 and bmc["sessions_closed"] == 12
+    assert bmc["peak_sessions_per_bmc"] == 1 and bmc["sessions_open_now"] == 0
+    assert bmc["powered_on"] == 12 and bmc["booted_pxe"] == 12
+    # No node booted before the head was asked to power it on.
+    assert all(n["started"] >= p["api_call_at"] for n in report.node_results)
+    assert 0 < p["first_on_seconds"] <= p["last_on_seconds"] <= p["api_seconds"]
+
+
 def test_demo_storm_through_a_head_in_this_process(tmp_path: Path) -> None:
     """What ``cwboot demo`` does: a head already running, nodes booted through it."""
     config = cwconfig.load(None, [
