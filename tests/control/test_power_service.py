@@ -351,11 +351,11 @@ sys.stdout.write("chatter at import\n" + "x" * 100000 + "\n[1, 2]\n" + '{"id": 1
 sys.stdout.flush()
 from cwboot.control.power import ipmi_worker
 real_operation = ipmi_worker.run_operation
-def chatty_operation(req):
+def chatty_operation(req, *args):
     print("print() inside an operation")
     sys.stdout.flush()
     os.write(1, b'{"id": 424242, "ok": true}\n')
-    return real_operation(req)
+    return real_operation(req, *args)
 ipmi_worker.run_operation = chatty_operation
 raise SystemExit(ipmi_worker.main(sys.argv[1:]))
 """

@@ -21,12 +21,13 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from cwboot.control.power.driver import Attempt
+from cwboot.control.power.driver import STAGES, Attempt, Progress
 from cwboot.control.power.request import PowerRequest, PowerTarget
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,20 @@ SHUTDOWN_GRACE = 10.0
 MAX_REPLY_BYTES = 65536
 # Pause before trying again to start a worker process that could not be started.
 RESTART_PAUSE = 1.0
+# A worker sends an operation's command (or boot device) only up to this long before the
+# operation's deadline, and says "command" on the reply channel first: so a node reported
+# at its deadline as "before the command was sent" had nothing sent afterwards, and the
+# stage line had this long to reach the head.
+COMMAND_GUARD = 0.2
 
 
 class BadReply(ValueError):
     """A line on a worker's stdout that is not a reply; the message is the drop reason."""
 
 
-def parse_reply_untrusted(line: bytes) -> tuple[int, Attempt]:
-    """One line of a worker's stdout -> (request id, Attempt); BadReply for anything else."""
+def parse_reply_untrusted(line: bytes) -> tuple[int, Attempt | str]:
+    """One line of a worker's stdout -> (request id, Attempt), or (request id, stage) for a
+    progress line (``{"id": 7, "stage": "command"}``); BadReply for anything else."""
     try:
         doc = json.loads(line)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -55,6 +62,10 @@ def parse_reply_untrusted(line: bytes) -> tuple[int, Attempt]:
     if not isinstance(doc, dict):
         raise BadReply("not a JSON object")
     ident, ok = doc.get("id"), doc.get("ok")
+    if "stage" in doc and "ok" not in doc:
+        if type(ident) is not int or doc["stage"] not in STAGES:
+            raise BadReply("a stage line without integer id or known stage")
+        return ident, str(doc["stage"])
     if type(ident) is not int or type(ok) is not bool:
         raise BadReply("no integer id or boolean ok")
     texts = {key: doc.get(key, "") for key in ("state", "bootdev", "error")}
@@ -68,7 +79,7 @@ def parse_reply_untrusted(line: bytes) -> tuple[int, Attempt]:
 class _Worker:
     number: int
     process: trio.Process
-    pending: dict[int, tuple[trio.Event, list[Attempt]]] = field(default_factory=dict)
+    pending: dict[int, tuple[trio.Event, list[Attempt], Progress]] = field(default_factory=dict)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -151,7 +162,7 @@ class IpmiDriver:
         """
         if worker.process.returncode is None:
             worker.process.kill()
-        for event, box in worker.pending.values():
+        for event, box, _ in worker.pending.values():
             box.append(Attempt(False, error=error))
             event.set()
         worker.pending.clear()
@@ -171,6 +182,13 @@ class IpmiDriver:
             ident, attempt = parse_reply_untrusted(line)
         except BadReply as exc:
             self._drop(worker, str(exc), line)
+            return
+        if isinstance(attempt, str):  # progress of an operation still running
+            waiter = worker.pending.get(ident)
+            if waiter is None:
+                self._drop(worker, "stage of no pending request", line)
+            else:
+                waiter[2].reached(attempt)
             return
         waiter = worker.pending.pop(ident, None)
         if waiter is None:  # its operation was already failed (worker hung, then answered)
@@ -225,27 +243,31 @@ class IpmiDriver:
             log.error("cannot start IPMI worker %d: %s; retrying", worker.number, exc)
             return False
 
-    async def attempt(self, target: PowerTarget, request: PowerRequest) -> Attempt:
+    async def attempt(
+        self, target: PowerTarget, request: PowerRequest, progress: Progress | None = None
+    ) -> Attempt:
         if not self._workers:
             raise RuntimeError("IpmiDriver.serve() is not running")
         worker = min(self._workers, key=lambda w: len(w.pending))
         ident = next(self._ids)
         event = trio.Event()
         box: list[Attempt] = []
-        worker.pending[ident] = (event, box)
-        line = (
-            json.dumps(
-                {
-                    "id": ident,
-                    "host": target.host,
-                    "port": target.port,
-                    "user": target.user,
-                    "password": target.password,
-                    **request.to_json(),
-                }
-            ).encode()
-            + b"\n"
-        )
+        progress = progress if progress is not None else Progress()
+        progress.reached("login")
+        worker.pending[ident] = (event, box, progress)
+        doc = {
+            "id": ident,
+            "host": target.host,
+            "port": target.port,
+            "user": target.user,
+            "password": target.password,
+            **request.to_json(),
+        }
+        if progress.deadline is not None:
+            # CLOCK_MONOTONIC is one clock for every process of the machine (trio's is offset).
+            left = progress.deadline - trio.current_time() - COMMAND_GUARD
+            doc["commands_until"] = time.monotonic() + left
+        line = json.dumps(doc).encode() + b"\n"
         assert worker.process.stdin is not None
         try:
             async with worker.send_lock:

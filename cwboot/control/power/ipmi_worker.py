@@ -30,7 +30,9 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+import time
+import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -46,6 +48,11 @@ BOOT_DEVICE_SELECTOR = {"pxe": 0x04, "disk": 0x08}
 # Completion codes worth another attempt: node busy, timeout, out of space, unspecified.
 RETRYABLE_CODES = {0xC0, 0xC3, 0xC4, 0xFF}
 CC_NOT_IN_PRESENT_STATE = 0xD5
+# Longest _close waits for a login still under way before logging out anyway (pyghmi's own
+# login gives up after ~4.6 s).
+LOGIN_GIVE_UP = 10.0
+# Power commands that can safely be sent again after an answer was lost: on twice is on.
+IDEMPOTENT = {"on", "off"}
 
 
 class OpFailed(Exception):
@@ -103,46 +110,95 @@ def _set_bootdev(sess: Any, device: str, persistent: bool) -> None:
 
 
 def _chassis_control(sess: Any, op: str) -> str:
-    code, _ = _command(sess, 0x00, 0x02, (CHASSIS_CONTROL[op],))
-    if code == CC_NOT_IN_PRESENT_STATE and op in ("cycle", "reset"):
-        # The node is off: a cycle or reset of it means "boot it" (pyghmi's 'boot').
-        code, _ = _command(sess, 0x00, 0x02, (CHASSIS_CONTROL["on"],))
+    try:
+        code, _ = _command(sess, 0x00, 0x02, (CHASSIS_CONTROL[op],))
+        if code == CC_NOT_IN_PRESENT_STATE and op in ("cycle", "reset"):
+            # The node is off: a cycle or reset of it means "boot it" (pyghmi's 'boot').
+            code, _ = _command(sess, 0x00, 0x02, (CHASSIS_CONTROL["on"],))
+    except OpFailed as exc:
+        # The command went out: the BMC may have acted. Again only if doing it twice is harmless.
+        raise OpFailed(
+            f"no answer to power {op} after it was sent (the BMC may have acted): {exc}",
+            retryable=op in IDEMPOTENT,
+        ) from None
     _check(code, f"power {op}")
     return "off" if op in ("off", "soft") else "on"
 
 
-def run_operation(req: dict[str, Any]) -> dict[str, Any]:
-    """Log in, do ``req["op"]``, log out. Returns the reply (without its id)."""
+def _open_session(req: dict[str, Any]) -> Any:
+    """pyghmi's ``Session(...)`` (login), in its two steps, so the session is in hand even
+    when its constructor fails with something other than a refused or silent login: then
+    it is logged out (once pyghmi is done logging in) before the error goes on."""
+    cls = pyghmi_session.Session
+    kwargs = dict(
+        bmc=req["host"], userid=req["user"], password=req["password"], port=req["port"],
+        keepalive=False,
+    )  # fmt: skip
+    sess = cls.__new__(cls, **kwargs)
     try:
-        sess = pyghmi_session.Session(
-            bmc=req["host"],
-            userid=req["user"],
-            password=req["password"],
-            port=req["port"],
-            keepalive=False,
-        )
+        sess.__init__(**kwargs)
+    except pyghmi_exc.IpmiException:
+        raise  # a failed login: pyghmi has already given the session up
+    except BaseException:
+        _close(sess)
+        raise
+    return sess
+
+
+def _close(sess: Any) -> None:
+    """Log out, whatever happened: after a login still under way finishes (pyghmi gives up
+    on its own), so that a session the BMC opened is always closed. Never raises."""
+    try:
+        deadline = time.monotonic() + LOGIN_GIVE_UP
+        while sess.logging and not sess.logged and not sess.broken and time.monotonic() < deadline:
+            pyghmi_session.Session.wait_for_rsp(timeout=pyghmi_fixes.MAX_WAIT)
+        sess.logout()
+    except Exception:  # a failed logout must not hide the result; the log shows it
+        log_internal_error("logging out")
+
+
+def run_operation(
+    req: dict[str, Any], report_stage: Callable[[str], None] = lambda stage: None
+) -> dict[str, Any]:
+    """Log in, do ``req["op"]``, log out (always). Returns the reply (without its id).
+
+    ``report_stage(stage)`` is called as the operation moves past login: "bootdev"
+    before the boot device is set, "command" before the operation's own command
+    goes out (from then on, the BMC may act even if no answer comes back).
+    Past ``req["commands_until"]`` (time.monotonic(), set by the head to a little
+    before the node's deadline) nothing more is sent: the operation fails and
+    logs out.
+    """
+    try:
+        sess = _open_session(req)
     except pyghmi_exc.IpmiException as exc:
-        pyghmi_fixes.forget_session(req["host"], req["user"], req["password"], req["port"])
         fail = _login_error(exc)
         return {"ok": False, "error": str(fail), "retryable": fail.retryable}
+    finally:
+        pyghmi_fixes.forget_session(req["host"], req["user"], req["password"], req["port"])
+    until = req.get("commands_until")
+
+    def next_stage(stage: str) -> None:
+        # Said before the check: a stage the head never heard of was never acted on.
+        report_stage(stage)
+        if isinstance(until, (int, float)) and time.monotonic() > until:
+            raise OpFailed(f"timed out before the {stage} stage (nothing sent to the BMC)")
+
     try:
         op, device = req["op"], req.get("bootdev", "")
         reply: dict[str, Any] = {"ok": True}
         if device:
+            next_stage("command" if op == "bootdev" else "bootdev")
             _set_bootdev(sess, device, bool(req.get("persistent")))
             reply["bootdev"] = device
-        if op == "status":
-            reply["state"] = _power_state(sess)
-        elif op in CHASSIS_CONTROL:
-            reply["state"] = _chassis_control(sess, op)
+        if op in CHASSIS_CONTROL or op == "status":
+            next_stage("command")
+            reply["state"] = _power_state(sess) if op == "status" else _chassis_control(sess, op)
         return reply
     except OpFailed as exc:
         return {"ok": False, "error": str(exc), "retryable": exc.retryable}
     finally:
-        try:
-            sess.logout()
-        except Exception:  # a failed logout must not hide the result
-            pass
+        _close(sess)
         pyghmi_fixes.forget_session(req["host"], req["user"], req["password"], req["port"])
 
 
@@ -160,10 +216,21 @@ class _Replies:
             self.out.flush()
 
 
+def log_internal_error(doing: str) -> None:
+    """The traceback of the exception being handled, to stderr (the head's log), in one write."""
+    text = traceback.format_exc()
+    sys.stderr.write(f"IPMI worker: internal error while {doing}:\n{text}")
+    sys.stderr.flush()
+
+
 def _handle(replies: _Replies, req: dict[str, Any]) -> None:
+    def report_stage(stage: str) -> None:
+        replies.send({"id": req["id"], "stage": stage})
+
     try:
-        reply = run_operation(req)
-    except Exception as exc:  # report, never lose a request
+        reply = run_operation(req, report_stage)
+    except Exception as exc:  # report, never lose a request; the traceback goes to the log
+        log_internal_error(f"running {req.get('op')!r} on {req.get('host')}:{req.get('port')}")
         reply = {
             "ok": False,
             "error": f"internal error in the IPMI worker: {type(exc).__name__}",

@@ -1,7 +1,7 @@
 """Work-arounds for pyghmi's shared I/O thread (pyghmi 1.6), applied once per worker process.
 
 pyghmi multiplexes every session of a process over a few shared UDP sockets
-and one I/O thread. Two flaws show up as soon as several threads use it:
+and one I/O thread. Three flaws show up as soon as several threads use it:
 
 1. ``_io_sendto`` switches the shared socket to *blocking* before each send,
    while the I/O thread switches it back to non-blocking before each
@@ -16,14 +16,29 @@ and one I/O thread. Two flaws show up as soon as several threads use it:
    timer (0.5-1.5 s), then resends. Fix: after registering, look for
    datagrams already queued for that BMC and return at once; and never sleep
    longer than ``MAX_WAIT`` (callers loop and re-check).
+3. The packet queues are drained with ``while queue: queue.popleft()`` from
+   every thread: the process-wide ``sessionqueue`` (sessions with datagrams
+   waiting) in ``Session.wait_for_rsp``, which any thread waiting for its
+   login runs, and each session's ``pktqueue`` in ``process_pktqueue``, run
+   both by the session's own thread and by any thread draining
+   ``sessionqueue``. When another thread takes the last entry between the
+   check and the pop, ``popleft`` raises IndexError out of ``Session(...)``
+   or ``raw_command``: the operation fails and a login the BMC completed is
+   never closed. (CPython re-tests a ``while`` condition at the loop's
+   backward jump, where it may switch threads: the window is real, about
+   once in 7,000 operations with 256 at once.) Fix: ``sessionqueue`` becomes
+   a queue whose ``popleft`` on empty hands back a session with nothing to
+   process, and a session's packets are processed by one thread at a time
+   (the others wait, then find the queue empty), each pop guarded.
 
 tests/control/test_power_pyghmi_fixes.py counts both kinds of stall (as
 events, with probes in pyghmi's I/O) without these patches and finds none
-with them.
+with them; it stages the drain race of (3) with and without them.
 """
 
 from __future__ import annotations
 
+import collections
 import socket
 import threading
 from typing import Any
@@ -73,6 +88,44 @@ def _io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
     evt.wait(min(max(timeout, 0.0), MAX_WAIT))
 
 
+class _NothingToProcess:
+    """What ``_SessionQueue.popleft`` hands back when another thread took the last entry."""
+
+    def process_pktqueue(self) -> None:
+        pass
+
+
+_NOTHING = _NothingToProcess()
+
+
+class _SessionQueue(collections.deque):  # type: ignore[type-arg]
+    """pyghmi's ``sessionqueue``; popping it when empty is not an error (the drain race)."""
+
+    def popleft(self) -> Any:
+        try:
+            return super().popleft()
+        except IndexError:
+            return _NOTHING
+
+
+def _process_pktqueue(self: Any) -> None:
+    """``Session.process_pktqueue``, one thread at a time per session, each pop guarded (the drain race)."""
+    lock = self.__dict__.setdefault("_cwboot_pktqueue_lock", threading.RLock())
+    with lock:
+        while True:
+            try:
+                pkt = list(self.pktqueue.popleft())
+            except IndexError:
+                return
+            pkt[0] = bytearray(pkt[0])
+            if not (pkt[0][0] == 6 and pkt[0][2:4] == b"\xff\x07"):
+                continue  # not RMCP/IPMI: dropped, as pyghmi does
+            if pkt[1] in self.bmc_handlers:
+                self._handle_ipmi_packet(pkt[0], sockaddr=pkt[1], qent=pkt)
+            elif pkt[2] in self.bmc_handlers:
+                self.sessionless_data(pkt[0], pkt[1])
+
+
 def apply() -> None:
     """Patch pyghmi's module-level I/O functions (idempotent). Call before the first session."""
     global _applied
@@ -81,6 +134,8 @@ def apply() -> None:
     _session._io_sendto = _io_sendto
     _session._io_recvfrom = _io_recvfrom
     _session._io_wait = _io_wait
+    _session.sessionqueue = _SessionQueue(_session.sessionqueue)
+    _session.Session.process_pktqueue = _process_pktqueue
     _applied = True
 
 

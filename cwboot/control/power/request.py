@@ -102,7 +102,12 @@ def target_for(node: dict[str, Any]) -> PowerTarget:
 
 @dataclass
 class PowerResult:
-    """One node's outcome. ``state`` is "on"/"off" when known; ``error`` says why it failed."""
+    """One node's outcome. ``state`` is "on"/"off" when known; ``error`` says why it failed.
+
+    ``command_sent`` on a failure: the operation's command went out before it
+    failed (no answer, timed out), so the BMC may have acted anyway; read the
+    power state before trying again. In JSON only when true on a failure.
+    """
 
     node: str
     op: str
@@ -113,6 +118,7 @@ class PowerResult:
     attempts: int = 0
     elapsed: float = 0.0
     bootdev: str = ""
+    command_sent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": self.node, "op": self.op, "ok": self.ok}
@@ -122,6 +128,8 @@ class PowerResult:
             out["bootdev"] = self.bootdev
         if self.error:
             out["error"] = self.error
+        if self.command_sent and not self.ok:
+            out["command_sent"] = True
         out["attempts"] = self.attempts
         out["elapsed"] = round(self.elapsed, 3)
         return out

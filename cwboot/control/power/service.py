@@ -7,9 +7,12 @@ The budget (PowerConfig):
   request in flight on this head;
 - at most ``max_concurrent`` operations at once on the whole head;
 - ``timeout`` seconds per node, counted from the moment its operation starts
-  (not while it waits for its turn): past it the node is reported as timed
-  out at once; the BMC stays reserved until the driver is really done with it
-  (pyghmi gives up on a silent BMC after ~5 s), so nothing piles up on it;
+  (not while it waits for its turn): past it the node is reported as failed at
+  once, saying how far it got (``timeout_error``): still logging in or setting
+  the boot device (nothing done yet), or its command already sent, when the
+  BMC may have acted (``command_sent``). The BMC stays reserved until the
+  driver is really done with it (pyghmi gives up on a silent BMC after ~5 s),
+  so nothing piles up on it; what the BMC finally answered is logged;
 - up to ``retries`` more attempts after a retryable failure (BMC busy,
   session lost), each a fresh session, while time remains;
 - ``wave_rate``: operations that boot nodes (on, cycle, reset) start at most
@@ -30,7 +33,7 @@ from typing import Any
 import trio
 
 from cwboot.config import PowerConfig
-from cwboot.control.power.driver import Attempt, PowerDriver
+from cwboot.control.power.driver import Attempt, PowerDriver, Progress
 from cwboot.control.power.request import (
     BOOTING_OPS,
     PowerError,
@@ -47,6 +50,20 @@ RETRY_BACKOFF = 0.2
 
 NodeLookup = Callable[[str], "dict[str, Any] | None"]
 
+# What each operation's command does, for messages ("the power on command").
+_COMMAND_NAMES = {"bootdev": "set boot device", "status": "get power state"}
+
+
+def timeout_error(op: str, timeout: float, bmc: str, progress: Progress) -> str:
+    """The error of a node past its timeout: says whether its command had gone out."""
+    command = _COMMAND_NAMES.get(op, f"power {op}")
+    if progress.command_sent and op != "status":
+        return f"no answer in {timeout:g} s after the {command} command was sent to BMC {bmc}: the BMC may have acted"
+    if progress.stage == "command":  # status: only a read was asked
+        return f"timed out after {timeout:g} s waiting for the power state from BMC {bmc}"
+    doing = "setting the boot device" if progress.stage == "bootdev" else "logging in"
+    return f"timed out after {timeout:g} s while {doing}, before the {command} command was sent to BMC {bmc}"
+
 
 @dataclass
 class PowerStats:
@@ -58,6 +75,8 @@ class PowerStats:
     # Highest number of operations ever running at once on a single BMC (must stay 1).
     peak_per_bmc: int = 0
     timeouts: int = 0
+    # Of those, how many had their command sent already (the BMC may have acted).
+    timeouts_after_command: int = 0
     retries: int = 0
 
 
@@ -187,15 +206,18 @@ class PowerService:
         driver = self.drivers[target.scheme]
         started = trio.current_time()
         deadline = started + self.config.timeout
+        progress = Progress(deadline=deadline)
         self._enter(target.bmc)
         try:
             async with trio.open_nursery() as watchdog:
-                watchdog.start_soon(self._report_timeout, target, request, report, deadline, queued)
+                watchdog.start_soon(
+                    self._report_timeout, target, request, report, deadline, queued, progress
+                )
                 attempts = 0
                 outcome = Attempt(False, error="not attempted")
                 while True:
                     attempts += 1
-                    outcome = await self._attempt(driver, target, request)
+                    outcome = await self._attempt(driver, target, request, progress)
                     if outcome.ok or not outcome.retryable or attempts > self.config.retries:
                         break
                     pause = RETRY_BACKOFF * attempts
@@ -206,6 +228,15 @@ class PowerService:
                 watchdog.cancel_scope.cancel()
         finally:
             self._leave(target.bmc)
+        if report.done:  # reported as timed out: the log says what the BMC finally answered
+            log.warning(
+                "node %s: %s on BMC %s finished %.1f s after it was reported as timed out: %s",
+                target.node,
+                request.op,
+                target.bmc,
+                trio.current_time() - deadline,
+                f"ok, state {outcome.state or '-'}" if outcome.ok else outcome.error,
+            )
         report(
             PowerResult(
                 target.node,
@@ -216,14 +247,15 @@ class PowerService:
                 error=outcome.error,
                 attempts=attempts,
                 elapsed=trio.current_time() - queued,
+                command_sent=progress.command_sent and request.op != "status",
             )
         )
 
     async def _attempt(
-        self, driver: PowerDriver, target: PowerTarget, request: PowerRequest
+        self, driver: PowerDriver, target: PowerTarget, request: PowerRequest, progress: Progress
     ) -> Attempt:
         try:
-            return await driver.attempt(target, request)
+            return await driver.attempt(target, request, progress)
         except Exception:  # a driver bug fails this node, not the service
             log.exception("power driver %s failed on node %s", driver.scheme, target.node)
             return Attempt(False, error="internal error in the power driver (logged on the head)")
@@ -235,17 +267,22 @@ class PowerService:
         report: _Report,
         deadline: float,
         queued: float,
+        progress: Progress,
     ) -> None:
         await trio.sleep_until(deadline)
         self.stats.timeouts += 1
+        sent = progress.command_sent and request.op != "status"
+        if sent:
+            self.stats.timeouts_after_command += 1
         report(
             PowerResult(
                 target.node,
                 request.op,
                 False,
-                error=f"timed out after {self.config.timeout:g} s (BMC {target.bmc} did not complete)",
+                error=timeout_error(request.op, self.config.timeout, target.bmc, progress),
                 attempts=1,
                 elapsed=trio.current_time() - queued,
+                command_sent=sent,
             )
         )
 
