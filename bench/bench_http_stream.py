@@ -50,7 +50,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 # -- servers run as child processes of this script (modes selected by argv)
 
 
-def serve_cwboot(store_dir: str, port_file: str, bulk_threads: int) -> None:
+def serve_cwboot(store_dir: str, port_file: str, bulk_threads: int, sendfile_workers: int) -> None:
     import trio
 
     from cwboot.config import Config
@@ -65,13 +65,15 @@ def serve_cwboot(store_dir: str, port_file: str, bulk_threads: int) -> None:
 
     config = Config()
     config.http.listen, config.http.port, config.http.max_streams = "127.0.0.1", 0, 100000
+    config.http.sendfile_workers = sendfile_workers
     store = ImageStore(store_dir)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             srv = await nursery.start(
                 lambda task_status: serve_http(
-                    config, NoObjects(), store, heads=list, task_status=task_status
+                    config, NoObjects(), store, heads=list, bulk_threads=bulk_threads,
+                    task_status=task_status,
                 )
             )
             Path(port_file).write_text(str(srv.port))
@@ -196,6 +198,10 @@ def main() -> int:
     ap.add_argument("--json", default="")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument(
+        "--sendfile-workers", type=int, default=0, metavar="N",
+        help="also measure cwboot with http.sendfile_workers=N (worker processes)",
+    )  # fmt: skip
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cwboot-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -252,8 +258,11 @@ def main() -> int:
 
         # 3. servers
         servers: dict[str, tuple[str, list[int], subprocess.Popen[bytes]]] = {}
-        for label, threads in (("cwboot", 0), ("cwboot+threads", 64)):
-            pf = work / f"cwboot{threads}.port"
+        variants = [("cwboot", 0, 0), ("cwboot+threads", 64, 0)]
+        if args.sendfile_workers:
+            variants.append(("cwboot+workers", 0, args.sendfile_workers))
+        for label, threads, workers in variants:
+            pf = work / f"cwboot{threads}-{workers}.port"
             cmd = [
                 sys.executable,
                 __file__,
@@ -261,6 +270,7 @@ def main() -> int:
                 str(work / "store"),
                 str(pf),
                 str(threads),
+                str(workers),
             ]
             p = subprocess.Popen(cmd)
             procs.append(p)
@@ -368,8 +378,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve-cwboot":
-        serve_cwboot(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve-cwboot":
+        serve_cwboot(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     elif len(sys.argv) == 4 and sys.argv[1] == "--serve-bare":
         serve_bare(sys.argv[2], sys.argv[3])
     else:

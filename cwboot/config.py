@@ -135,6 +135,10 @@ class HttpConfig:
     max_streams: int = 256
     max_wait: float = 10.0
     max_queued: int = 8192
+    # Worker processes that send bulk bodies (kernel, initramfs, chunks, streams) with
+    # sendfile, so the kernel's copy work runs on other cores while the engine's loop
+    # parses requests; 0 = send them from the engine's own loop.
+    sendfile_workers: int = 0
 
 
 @dataclass

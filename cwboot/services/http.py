@@ -6,7 +6,9 @@ user-space copies; stored zstd frames are sent as they are, never
 recompressed). The head goes out with ``MSG_MORE`` so the kernel packs it
 with the first body bytes. Memory per connection is a few kilobytes whatever
 the image size: a stream is a walk over the manifest, one chunk file open at a
-time.
+time. With ``http.sendfile_workers`` > 0 the sendfile calls run in worker
+processes instead (cwboot.services.sendfile_worker): this loop hands them the
+socket and the pieces, and awaits their answer.
 
 URL layout (``GET`` and ``HEAD`` unless noted; docs/images.md has the details):
 
@@ -56,6 +58,7 @@ from cwboot.config import Config
 from cwboot.control.objects import InvalidObject, normalize_mac
 from cwboot.protocol import http_range, ipxe
 from cwboot.protocol.manifest import Manifest
+from cwboot.services.sendfile_worker import SendfileWorkers, jobs_of
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,8 @@ class HttpServer:
     address: str
     port: int
     stats: HttpStats
+    # The sendfile worker processes (``http.sendfile_workers``), None when bodies go out from here.
+    sendfile_workers: SendfileWorkers | None = None
 
 
 class _FileBody:
@@ -174,8 +179,10 @@ class _Engine:
         heads: Callable[[], Sequence[str]],
         report_status: ReportStatus | None,
         loader_dir: Path,
+        send_stall_timeout: float = SEND_STALL_TIMEOUT,
     ) -> None:
         self.config = config
+        self.send_stall_timeout = send_stall_timeout
         self.lookup = lookup
         self.images = images
         self.heads = heads
@@ -184,6 +191,8 @@ class _Engine:
         self.stats = HttpStats()
         # None: bulk bodies are sent from the trio thread; a limiter: from up to that many worker threads
         self.bulk_threads: trio.CapacityLimiter | None = None
+        # None: as above; else bulk bodies go out from these worker processes (other cores)
+        self.sendfile_workers: SendfileWorkers | None = None
         self.max_streams = config.http.max_streams
         self.max_wait = config.http.max_wait
         self.max_queued = config.http.max_queued
@@ -391,7 +400,7 @@ class _Connection:
     async def _sendall(self, data: bytes | memoryview, flags: int = 0) -> None:
         view = memoryview(data)
         while view:
-            with trio.fail_after(SEND_STALL_TIMEOUT):
+            with trio.fail_after(self.engine.send_stall_timeout):
                 sent = await self.sock.send(view, flags)
             view = view[sent:]
             self.engine.stats.bytes_sent += sent
@@ -434,7 +443,9 @@ class _Connection:
                 await self._send_simple(_text(400, "bad request\n"), None)
             except (OSError, h11.LocalProtocolError, trio.TooSlowError):
                 pass
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.TooSlowError:
+            stats.drops["send stalled (client stopped reading)"] += 1
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             stats.drops["connection error"] += 1
         except Exception:  # a bug must cost one connection, never the engine
             stats.drops["internal error"] += 1
@@ -521,10 +532,18 @@ class _Connection:
         self.h11.send(h11.EndOfMessage())
 
     async def _sendfile_body(self, body: _FileBody, start: int, stop: int) -> None:
+        if self.engine.sendfile_workers is not None:
+            await self._sendfile_by_worker(self.engine.sendfile_workers, body, start, stop)
+            return
         if self.engine.bulk_threads is not None:
             async with self.engine.bulk_threads:
                 sent = await trio.to_thread.run_sync(
-                    _send_pieces_blocking, self.sock.fileno(), body, start, stop
+                    _send_pieces_blocking,
+                    self.sock.fileno(),
+                    body,
+                    start,
+                    stop,
+                    self.engine.send_stall_timeout,
                 )
             self.engine.stats.bytes_sent += sent
             if sent < stop - start:
@@ -545,7 +564,7 @@ class _Connection:
                     try:
                         sent = os.sendfile(sockfd, fd, offset, end - offset)
                     except BlockingIOError:
-                        with trio.fail_after(SEND_STALL_TIMEOUT):
+                        with trio.fail_after(self.engine.send_stall_timeout):
                             await trio.lowlevel.wait_writable(self.sock)
                         waited = True
                         continue
@@ -558,11 +577,36 @@ class _Connection:
             if not waited:  # a fast reader never blocks us: let the other connections run
                 await trio.lowlevel.checkpoint()
 
+    async def _sendfile_by_worker(
+        self, workers: SendfileWorkers, body: _FileBody, start: int, stop: int
+    ) -> None:
+        """Hand the body to a worker process; this task (and the socket) waits for its answer."""
+        stats = self.engine.stats
+        pieces: list[tuple[str, int, int]] = []
+        missing = False
+        for path, offset, length in body.pieces_for(start, stop):
+            if path is None:  # send what precedes it, then cut the response (as below)
+                missing = True
+                break
+            pieces.append((os.fspath(path), offset, length))
+        for job in jobs_of(pieces):
+            sent, outcome = await workers.send(self.sock, job, self.engine.send_stall_timeout)
+            stats.bytes_sent += sent
+            if outcome == "missing":  # vanished after the list was made
+                missing = True
+                break
+            if outcome == "stalled":
+                raise trio.TooSlowError
+            if outcome != "ok":
+                raise OSError(errno.EIO, f"sendfile worker: {outcome}")
+        if missing:
+            stats.drops["chunk missing mid-stream"] += 1
+            raise OSError(errno.ENOENT, "chunk missing")
 
-_SNDTIMEO = struct.pack("ll", int(SEND_STALL_TIMEOUT), 0)
 
-
-def _send_pieces_blocking(sockfd: int, body: _FileBody, start: int, stop: int) -> int:
+def _send_pieces_blocking(
+    sockfd: int, body: _FileBody, start: int, stop: int, stall_timeout: float
+) -> int:
     """Worker-thread variant: blocking sendfile of every piece; returns bytes sent.
 
     The socket is blocking only while this runs (the trio task is parked awaiting
@@ -572,7 +616,9 @@ def _send_pieces_blocking(sockfd: int, body: _FileBody, start: int, stop: int) -
     os.set_blocking(sockfd, True)
     sock = _socket.socket(fileno=sockfd)
     try:
-        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _SNDTIMEO)
+        whole = int(stall_timeout)
+        sndtimeo = struct.pack("ll", whole, int((stall_timeout - whole) * 1e6))
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, sndtimeo)
         for path, offset, length in body.pieces_for(start, stop):
             if path is None:
                 return sent_total
@@ -601,10 +647,18 @@ async def serve_http(
     report_status: ReportStatus | None = None,
     loader_dir: Path = DEFAULT_LOADER_DIR,
     bulk_threads: int = 0,
+    send_stall_timeout: float = SEND_STALL_TIMEOUT,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; ``task_status.started(HttpServer)`` once bound (port 0 -> real port)."""
-    engine = _Engine(config, lookup, image_store, heads, report_status, loader_dir)
+    """Serve until cancelled; ``task_status.started(HttpServer)`` once bound (port 0 -> real port).
+
+    ``send_stall_timeout``: seconds a client may leave its receive window closed before
+    its connection is cut (counted). ``config.http.sendfile_workers`` > 0 sends bulk
+    bodies from that many worker processes (cwboot.services.sendfile_worker).
+    """
+    engine = _Engine(
+        config, lookup, image_store, heads, report_status, loader_dir, send_stall_timeout
+    )
     if bulk_threads:
         engine.bulk_threads = trio.CapacityLimiter(bulk_threads)
     listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
@@ -616,7 +670,10 @@ async def serve_http(
     async with trio.open_nursery() as nursery:
         if report_status is not None:
             nursery.start_soon(engine.report_loop)
-        task_status.started(HttpServer(address, port, engine.stats))
+        if config.http.sendfile_workers > 0:
+            engine.sendfile_workers = SendfileWorkers(config.http.sendfile_workers, engine.stats.drops)
+            await nursery.start(engine.sendfile_workers.run)
+        task_status.started(HttpServer(address, port, engine.stats, engine.sendfile_workers))
         with listener:
             while True:
                 await trio.lowlevel.wait_readable(listener)

@@ -25,6 +25,7 @@ from cwboot.services.http import HttpServer, serve_http
 ROOT = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:aa:bb:01"
 CHUNK = 64 * 1024
+STALL = 3.0  # the engine's send stall timeout in these tests (60 s in service)
 
 
 class Lookup:
@@ -62,8 +63,10 @@ def make_tree(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(params=[0, 4], ids=["trio-sendfile", "thread-sendfile"])
+# (bulk_threads, http.sendfile_workers): bodies from the trio loop, from worker threads, from worker processes
+@pytest.fixture(params=[(0, 0), (4, 0), (0, 2)], ids=["trio-sendfile", "thread-sendfile", "worker-sendfile"])
 def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    bulk_threads, sendfile_workers = request.param
     store = ImageStore(tmp_path / "images", chunk_size=CHUNK)
     tree = make_tree(tmp_path / "tree")
     store.import_tree("img", tree)
@@ -81,6 +84,7 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     config.http.port = 0
     config.http.max_streams = 4
     config.http.max_wait = 0.5  # short queueing so the 503 path is reached quickly
+    config.http.sendfile_workers = sendfile_workers
     loaders = tmp_path / "loaders"
     loaders.mkdir()
     (loaders / "ipxe.efi").write_bytes(b"MZ" + os.urandom(1000))
@@ -101,6 +105,8 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
                         heads=lambda: ["http://127.0.0.1:1", "http://127.0.0.2:2"],
                         report_status=report,
                         loader_dir=loaders,
+                        bulk_threads=bulk_threads,
+                        send_stall_timeout=STALL,
                         task_status=task_status,
                     )  # fmt: skip
                 )
@@ -416,3 +422,148 @@ def test_a_failing_lookup_costs_one_connection_not_the_engine(server: Server) ->
     assert r.returncode != 0
     assert server.http.stats.drops["internal error"] == 1
     assert status_of(f"{server.url}/boot/kernel/vmlinuz") == 200
+
+
+def big_image(server: Server, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "random").write_bytes(os.urandom(32 << 20))  # more than loopback socket buffers hold
+    server.store.import_tree("big", big)
+
+
+def reader_that_never_reads(server: Server) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(b"GET /images/big/1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    return s
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    """What the server sent before it closed the connection (a reset counts as closed)."""
+    s.settimeout(30)
+    got = bytearray()
+    try:
+        while data := s.recv(1 << 20):
+            got += data
+    except ConnectionResetError:
+        pass
+    return bytes(got)
+
+
+def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(
+    server: Server, tmp_path: Path
+) -> None:
+    big_image(server, tmp_path)
+    m = server.store.resolve("big")
+    assert m is not None
+    with reader_that_never_reads(server) as s:
+        deadline = time.monotonic() + 30
+        while server.http.stats.drops["send stalled (client stopped reading)"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert server.http.stats.active_streams == 0  # the slot went back
+        assert 0 < len(read_until_closed(s)) < m.compressed_size  # cut, not finished
+    assert server.http.stats.bytes_sent < m.compressed_size
+    assert status_of(f"{server.url}/chunks/{m.chunks[0].id}") == 200
+
+
+def test_a_chunk_that_vanishes_mid_stream_cuts_the_stream_there(
+    server: Server, tmp_path: Path
+) -> None:
+    """Removed after the stream started (a worker got its file list then): never other bytes."""
+    big_image(server, tmp_path)
+    m = server.store.resolve("big")
+    assert m is not None and len(m.chunks) > 400
+    with reader_that_never_reads(server) as s:
+        deadline = time.monotonic() + 10
+        while server.http.stats.active_streams < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.store.chunk_file(m.chunks[400].id).unlink()  # far beyond what the buffers hold
+        head, _, body = read_until_closed(s).partition(b"\r\n\r\n")
+    assert server.http.stats.drops["chunk missing mid-stream"] == 1
+    assert head.startswith(b"HTTP/1.1 200 ")
+    before = b"".join(server.store.chunk_file(c.id).read_bytes() for c in m.chunks[:400])
+    assert body == before  # every byte before the vanished chunk, then the close
+
+
+@pytest.mark.parametrize("server", [(0, 2)], indirect=True, ids=["worker-sendfile"])
+def test_a_sendfile_worker_that_dies_fails_its_bodies_and_is_replaced(
+    server: Server, tmp_path: Path
+) -> None:
+    big_image(server, tmp_path)
+    workers = server.http.sendfile_workers
+    assert workers is not None
+    old = workers.pids()
+    assert len(old) == 2
+    with reader_that_never_reads(server) as s:
+        deadline = time.monotonic() + 10
+        while server.http.stats.active_streams < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for pid in old:  # whichever holds the job
+            os.kill(pid, 9)
+        assert read_until_closed(s).startswith(b"HTTP/1.1 200 ")  # part of the body, then the close
+    deadline = time.monotonic() + 30
+    while server.http.stats.active_streams or len(workers.pids()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert server.http.stats.drops["sendfile worker died"] == 1
+    assert not set(workers.pids()) & set(old)
+    kernel = curl(f"{server.url}/boot/kernel/vmlinuz").stdout  # served by a replacement
+    assert kernel == server.kernel.read_bytes()
+
+
+ENGINE_IN_A_CHILD = """
+import sys, trio
+from pathlib import Path
+from cwboot.config import Config
+from cwboot.control.images import ImageStore
+from cwboot.services.http import serve_http
+
+class NoObjects:
+    def node_by_mac(self, mac): return None
+    def get(self, kind, ref): return None
+
+async def main():
+    config = Config()
+    config.http.listen, config.http.port, config.http.sendfile_workers = "127.0.0.1", 0, 2
+    async with trio.open_nursery() as nursery:
+        http = await nursery.start(lambda task_status: serve_http(
+            config, NoObjects(), ImageStore(Path(sys.argv[1])), heads=lambda: [], task_status=task_status))
+        print(*http.sendfile_workers.pids(), flush=True)
+
+trio.run(main)
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sendfile_workers_die_with_the_engine_even_on_sigkill(tmp_path: Path) -> None:
+    engine = subprocess.Popen(
+        [sys.executable, "-c", ENGINE_IN_A_CHILD, str(tmp_path / "images")],
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert engine.stdout is not None
+        pids = [int(p) for p in engine.stdout.readline().split()]
+        assert len(pids) == 2 and not any(gone(p) for p in pids)
+        engine.kill()  # SIGKILL: the engine cannot stop its workers itself
+        engine.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while not all(gone(p) for p in pids):
+            assert time.monotonic() < deadline, f"orphaned sendfile workers {pids}"
+            time.sleep(0.05)
+    finally:
+        engine.kill()
+        engine.wait(timeout=10)
+        assert engine.stdout is not None
+        engine.stdout.close()
