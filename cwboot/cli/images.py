@@ -37,7 +37,7 @@ def _latest_version(image: Mapping[str, Any]) -> Mapping[str, Any]:
 IMAGES = ObjectCommands(
     kind="image",
     command="images",
-    help="root filesystem images: ls, show, rm",
+    help="root filesystem images: ls, show, import, versions, verify, rollback, remove, gc, add-file, rm",
     columns=(
         Column("name", "name"),
         Column("latest", "latest"),
