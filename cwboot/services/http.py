@@ -212,11 +212,18 @@ class _Engine:
             return "max_streams is 0 (503)"
         if slots.value == 0 and slots.statistics().tasks_waiting >= self.max_queued:
             return "admission queue full (503)"
-        with trio.move_on_after(self.max_wait):
-            await slots.acquire()
-            self.stats.active_streams += 1
-            return None
-        return "admission wait expired (503)"
+        try:
+            # A free slot means nobody waits (trio hands a released slot straight to the
+            # first waiter): take it without the cost of a cancel scope, FIFO order intact.
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(self.max_wait):
+                await slots.acquire()
+                self.stats.active_streams += 1
+                return None
+            return "admission wait expired (503)"
+        self.stats.active_streams += 1
+        return None
 
     def release(self) -> None:
         self.stats.active_streams -= 1
@@ -384,9 +391,10 @@ def _status_fields_untrusted(body: bytes, ctype: bytes) -> dict[str, str]:
 
 
 class _Connection:
-    def __init__(self, engine: _Engine, sock: trio.socket.SocketType) -> None:
+    def __init__(self, engine: _Engine, raw: _socket.socket) -> None:
         self.engine = engine
-        self.sock = sock
+        self.raw = raw  # non-blocking; _sendall writes to it directly
+        self.sock = trio.socket.from_stdlib_socket(raw)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
 
     async def _next_event(self) -> Any:
@@ -398,10 +406,17 @@ class _Connection:
             self.h11.receive_data(data)
 
     async def _sendall(self, data: bytes | memoryview, flags: int = 0) -> None:
+        # Straight to the non-blocking socket: a response head or a small body nearly
+        # always fits in one send, and a cancel scope per send was a tenth of the
+        # engine's time in a storm. Only a full socket waits, for at most the stall timeout.
         view = memoryview(data)
         while view:
-            with trio.fail_after(self.engine.send_stall_timeout):
-                sent = await self.sock.send(view, flags)
+            try:
+                sent = self.raw.send(view, flags)
+            except BlockingIOError:
+                with trio.fail_after(self.engine.send_stall_timeout):
+                    await trio.lowlevel.wait_writable(self.raw)
+                continue
             view = view[sent:]
             self.engine.stats.bytes_sent += sent
 
@@ -693,4 +708,4 @@ async def serve_http(
                         break
                     raw.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
                     engine.stats.connections += 1
-                    nursery.start_soon(_Connection(engine, trio.socket.from_stdlib_socket(raw)).run)
+                    nursery.start_soon(_Connection(engine, raw).run)
