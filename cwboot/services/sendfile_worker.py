@@ -306,9 +306,10 @@ class SendfileWorkers:
         self, sock: trio.socket.SocketType, pieces: list[Piece], stall: float
     ) -> tuple[int, str]:
         """Have a worker send ``pieces`` to ``sock``: (bytes sent, outcome); see the module docstring."""
-        with trio.move_on_after(stall):
-            while not self.workers:  # every worker is being replaced
-                await self._changed.wait()
+        if not self.workers:  # every worker is being replaced: wait for one, bounded
+            with trio.move_on_after(stall):
+                while not self.workers:
+                    await self._changed.wait()
         if not self.workers:
             self.drops["no sendfile worker"] += 1
             return 0, "no sendfile worker"
