@@ -22,8 +22,15 @@ import pytest
 import trio
 
 from cwboot.config import PowerConfig
-from cwboot.control.power import IpmiDriver, PowerRequest, PowerResult, PowerTarget, serve_power
-from cwboot.sim.bmc import BmcOptions, SimulatedBmc, make_bmcs, serve_bmcs
+from cwboot.control.power import (
+    IpmiDriver,
+    PowerRequest,
+    PowerResult,
+    PowerService,
+    PowerTarget,
+)
+from cwboot.sim.bmc import BmcFarm, BmcOptions, SimulatedBmc, make_bmcs, serve_bmcs
+from tests.control.test_power_service import run_with
 
 FAULT_WORKER = Path(__file__).with_name("ipmi_fault_worker.py")
 
@@ -69,28 +76,13 @@ def test_a_fault_in_the_worker_is_logged_and_the_session_closed(
 def run_power_on(bmcs: list[SimulatedBmc], timeout: float) -> list[PowerResult]:
     results: list[PowerResult] = []
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            farm = await nursery.start(serve_bmcs, bmcs)
-            nodes = {
-                f"n{i}": {
-                    "name": f"n{i}",
-                    "power_uri": f"ipmi://admin@127.0.0.1:{port}",
-                    "power_password": "password",
-                }
-                for i, port in enumerate(farm.ports)
-            }
-            power = await nursery.start(
-                serve_power, PowerConfig(workers=4, max_concurrent=4, timeout=timeout), nodes.get
-            )
-            with trio.fail_after(60):
-                results.extend(await power.run(list(nodes), PowerRequest("on")))
-                # The workers finish what they run; then every session must be closed.
-                for bmc in bmcs:
-                    await wait_closed(bmc, 20)
-            nursery.cancel_scope.cancel()
+    async def scenario(farm: BmcFarm, power: PowerService) -> None:
+        results.extend(await power.run([f"n{i}" for i in range(len(bmcs))], PowerRequest("on")))
+        # The workers finish what they run; then every session must be closed.
+        for bmc in bmcs:
+            await wait_closed(bmc, 20)
 
-    trio.run(main)
+    run_with(bmcs, PowerConfig(workers=4, max_concurrent=4, timeout=timeout), scenario)
     return sorted(results, key=lambda r: r.node)
 
 
