@@ -188,8 +188,10 @@ def test_windowsize_and_blksize_were_negotiated_and_stats_kept(setup: Setup) -> 
     records = summary["recent"]
     assert summary["outcomes"].get("completed", 0) >= 2 * len(CLIENTS)
     assert any(r["windowsize"] == 16 and r["blksize"] == 1468 for r in records)
-    # MTU 1200 - 20 (IPv4) - 8 (UDP) - 4 (TFTP) = 1168, from the MTU test.
-    assert records[-1]["blksize"] == 1168
+    # MTU 1200 - 20 (IPv4) - 8 (UDP) - 4 (TFTP) = 1168, from the MTU test. Not records[-1]:
+    # a lossy round's transfer can end on the server (its last DATA retransmitted until
+    # the timeout) after the MTU test's, and did once in CI.
+    assert any(r["blksize"] == 1168 for r in records), [r["blksize"] for r in records]
     assert all(r["duration"] is not None and r["packets_sent"] > 0 for r in records)
     # The lossy rounds really lost packets and the server recovered by retransmitting.
     assert summary["retransmits"] > 0
