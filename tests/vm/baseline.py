@@ -119,18 +119,10 @@ http {{
 
     def _start_dnsmasq(self, workdir: Path, nodes: int) -> None:
         head = self.netns.head_ip
-        hosts = "".join(f"dhcp-host={mac_for(i)},{self.netns.ip_for(i)}\n" for i in range(nodes))
         conf = workdir / "dnsmasq.conf"
         conf.write_text(
-            f"""port=0
-# The test's folders are private to root: do not drop to nobody.
-user=root
-interface=br0
-bind-interfaces
-dhcp-authoritative
-dhcp-leasefile={workdir}/dnsmasq.leases
-dhcp-range={self.netns.ip_for(0)},{self.netns.ip_for(nodes + 50)},255.255.255.0,1h
-{hosts}dhcp-userclass=set:ipxe,iPXE
+            dnsmasq_addresses(self.netns, workdir, nodes, "dnsmasq")
+            + f"""dhcp-userclass=set:ipxe,iPXE
 dhcp-match=set:efi64,option:client-arch,7
 dhcp-match=set:efihttp,option:client-arch,16
 # iPXE: skip the proxyDHCP wait (175.176 = 1) and fetch the boot script over HTTP.
@@ -159,3 +151,17 @@ log-facility={self.dnsmasq_log}
         """MAC (aa:bb:...) -> wall-clock time nginx logged that root filesystem's ``up`` report."""
         log = self.access_log.read_text(errors="replace")
         return {m.replace("-", ":"): float(t) for t, m in _ROOTFS_REPORT.findall(log)}
+
+
+def dnsmasq_addresses(netns: Netns, workdir: Path, nodes: int, name: str) -> str:
+    """The start of a dnsmasq config that gives VM i its fixed address ``netns.ip_for(i)`` on br0."""
+    hosts = "".join(f"dhcp-host={mac_for(i)},{netns.ip_for(i)}\n" for i in range(nodes))
+    return f"""port=0
+# The test's folders are private to root: do not drop to nobody.
+user=root
+interface=br0
+bind-interfaces
+dhcp-authoritative
+dhcp-leasefile={workdir}/{name}.leases
+dhcp-range={netns.ip_for(0)},{netns.ip_for(nodes + 50)},255.255.255.0,1h
+{hosts}"""

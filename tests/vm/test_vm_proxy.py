@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.baseline import BootFiles
+from tests.vm.baseline import BootFiles, dnsmasq_addresses
 from tests.vm.cwboot_head import HTTP_PORT, CwbootHead, prepare_boot_files
-from tests.vm.harness import Kernel, Netns, build_rootfs, mac_for, start_vm
+from tests.vm.harness import Kernel, Netns, build_rootfs, start_vm
 from tests.vm.test_vm_boot import ONE_VM_TIMEOUT, check_console, wait_and_stop
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
@@ -32,20 +32,8 @@ def boot_files(vm_workdir: Path, kernel: Kernel) -> BootFiles:
 def start_site_dhcp(netns: Netns, workdir: Path, nodes: int) -> Path:
     """dnsmasq handing out addresses (fixed per MAC) and nothing about booting; its log path."""
     log = workdir / "site-dnsmasq.log"
-    hosts = "".join(f"dhcp-host={mac_for(i)},{netns.ip_for(i)}\n" for i in range(nodes))
     conf = workdir / "site-dnsmasq.conf"
-    conf.write_text(
-        f"""port=0
-user=root
-interface=br0
-bind-interfaces
-dhcp-authoritative
-dhcp-leasefile={workdir}/site-dnsmasq.leases
-dhcp-range={netns.ip_for(0)},{netns.ip_for(nodes + 50)},255.255.255.0,1h
-{hosts}log-dhcp
-log-facility={log}
-"""
-    )
+    conf.write_text(dnsmasq_addresses(netns, workdir, nodes, "site-dnsmasq") + f"log-dhcp\nlog-facility={log}\n")
     proc = netns.popen(
         ["dnsmasq", "-k", "-C", str(conf), f"--pid-file={workdir}/site-dnsmasq.pid"],
         stdin=subprocess.DEVNULL,
