@@ -8,7 +8,9 @@ that it returns exactly what cwboot/protocol/dhcp/_wire_py.py returns.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcpy, memset
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.string cimport memcmp, memcpy, memset
 
 from cwboot.protocol.dhcp import _spec
 
@@ -254,3 +256,254 @@ def build_reply(request, int message_type, bytes ciaddr not None, bytes yiaddr n
     pos += _write_options(out + pos, opts)
     out[pos] = OPT_END
     return result
+
+
+
+# -- the respond fast path (rules in cwboot.protocol.dhcp._spec, "The respond fast path")
+
+cdef int BOOTREQUEST = _spec.BOOTREQUEST
+cdef int DHCPDISCOVER = _spec.DHCPDISCOVER
+cdef int DHCPREQUEST = _spec.DHCPREQUEST
+cdef int DHCPOFFER = _spec.DHCPOFFER
+cdef int DHCPACK = _spec.DHCPACK
+cdef Py_ssize_t OFF_REPLY_TYPE = _spec.OFF_REPLY_TYPE
+cdef int OPT_REQUESTED_IP = _spec.OPT_REQUESTED_IP
+cdef int OPT_SERVER_ID = _spec.OPT_SERVER_ID
+cdef int OPT_VENDOR_CLASS = _spec.OPT_VENDOR_CLASS
+cdef int OPT_CLIENT_ID = _spec.OPT_CLIENT_ID
+cdef int OPT_USER_CLASS = _spec.OPT_USER_CLASS
+cdef int OPT_RELAY_AGENT = _spec.OPT_RELAY_AGENT
+cdef int OPT_CLIENT_ARCH = _spec.OPT_CLIENT_ARCH
+cdef int OPT_CLIENT_UUID = _spec.OPT_CLIENT_UUID
+# FAST_READ as a lookup table: code -> slot in the per-request offset array (0: not read).
+cdef unsigned char READ_SLOT[256]
+memset(READ_SLOT, 0, 256)
+for _i, _code in enumerate(_spec.FAST_READ):
+    READ_SLOT[_code] = _i + 1
+cdef int N_READ = len(_spec.FAST_READ) + 1
+cdef tuple BROADCAST = ("255.255.255.255", 68)
+
+
+cdef class FastEntry:
+    """One compiled template (see FastResponder.add)."""
+    cdef readonly bytes offer
+    cdef readonly Py_ssize_t end
+    cdef readonly bytes yiaddr
+    cdef readonly bint echo_uuid
+    cdef readonly object owner
+    cdef public object checked
+
+
+cdef inline Py_ssize_t _key_part(unsigned char* k, Py_ssize_t pos, const unsigned char* p,
+                                 Py_ssize_t a) noexcept:
+    # One option of the key: absent 0; present 1, length, value (a: offset of its length byte).
+    if a:
+        k[pos] = 1
+        memcpy(k + pos + 1, p + a, 1 + p[a])
+        return pos + 2 + p[a]
+    k[pos] = 0
+    return pos + 1
+
+
+cdef inline Py_ssize_t _echo(unsigned char* out, Py_ssize_t pos, const unsigned char* p,
+                             Py_ssize_t a) noexcept:
+    # Copy one request option (code, length, value) as it came (a: offset of its length byte).
+    if a:
+        memcpy(out + pos, p + a - 1, 2 + p[a])
+        return pos + 2 + p[a]
+    return pos
+
+
+cdef str _ntoa(const unsigned char* p):
+    cdef char buf[16]
+    cdef int i, pos = 0, v
+    for i in range(4):
+        v = p[i]
+        if v >= 100:
+            buf[pos] = 48 + v // 100
+            pos += 1
+        if v >= 10:
+            buf[pos] = 48 + (v // 10) % 10
+            pos += 1
+        buf[pos] = 48 + v % 10
+        pos += 1
+        if i < 3:
+            buf[pos] = 46
+            pos += 1
+    return buf[:pos].decode("ascii")
+
+
+cdef class FastResponder:
+    """Reply templates compiled by the boot policy, and ``respond`` (rules in _spec).
+
+    Same API and results as cwboot.protocol.dhcp._wire_py.FastResponder.
+    """
+    cdef readonly bytes server_id
+    cdef readonly object check
+    cdef readonly object source
+    cdef public Py_ssize_t max_entries
+    cdef readonly dict entries
+    cdef unsigned char sid[4]
+    cdef unsigned char relay_addr[4]
+    cdef tuple relay_dest
+
+    def __init__(self, bytes server_id not None, check, source=None, Py_ssize_t max_entries=1 << 17):
+        if PyBytes_GET_SIZE(server_id) != 4:
+            raise ValueError("server id: 4 bytes")
+        self.server_id = server_id
+        memcpy(self.sid, PyBytes_AS_STRING(server_id), 4)
+        self.check = check
+        self.source = source
+        self.max_entries = max_entries
+        self.entries = {}
+        memset(self.relay_addr, 0, 4)
+        self.relay_dest = BROADCAST
+
+    def __len__(self):
+        return len(self.entries)
+
+    def clear(self):
+        self.entries.clear()
+
+    def add(self, bytes key not None, bytes offer not None, Py_ssize_t end, bytes yiaddr not None,
+            echo_uuid, owner, checked):
+        """See _wire_py.FastResponder.add."""
+        cdef const unsigned char* o = <const unsigned char*>PyBytes_AS_STRING(offer)
+        if not (OFF_OPTIONS + 3 <= end < PyBytes_GET_SIZE(offer) and o[end] == OPT_END
+                and o[OFF_REPLY_TYPE] == DHCPOFFER and PyBytes_GET_SIZE(yiaddr) == 4):
+            raise ValueError("not a reply template")
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        cdef FastEntry entry = FastEntry.__new__(FastEntry)
+        entry.offer = offer
+        entry.end = end
+        entry.yiaddr = yiaddr
+        entry.echo_uuid = bool(echo_uuid)
+        entry.owner = owner
+        entry.checked = checked
+        self.entries[key] = entry
+
+    def respond(self, bytes data not None):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        # Offset of the length byte of each FAST_READ option (0: absent), by READ_SLOT.
+        cdef Py_ssize_t at[16]
+        cdef Py_ssize_t i, end, a, klen, size, pos
+        cdef int code, slot, mtype, reply_type
+        if n < MIN_PACKET or p[0] != BOOTREQUEST or p[1] != 1 or p[2] != 6:
+            return None
+        if _u32(p + OFF_COOKIE) != MAGIC_COOKIE:
+            return None
+        memset(at, 0, sizeof(at))
+        i = OFF_OPTIONS
+        while i < n:
+            code = p[i]
+            if code == OPT_PAD:
+                i += 1
+                continue
+            if code == OPT_END:
+                break
+            if i + 1 >= n:
+                return None
+            end = i + 2 + p[i + 1]
+            if end > n or code == OPT_OVERLOAD:
+                return None
+            slot = READ_SLOT[code]
+            if slot:
+                if at[slot]:
+                    return None
+                at[slot] = i + 1
+            i = end
+        a = at[READ_SLOT[OPT_MESSAGE_TYPE]]
+        if a == 0 or p[a] != 1:
+            return None
+        mtype = p[a + 1]
+        if mtype == DHCPDISCOVER:
+            reply_type = DHCPOFFER
+        elif mtype == DHCPREQUEST:
+            reply_type = DHCPACK
+        else:
+            return None
+        # The key: hwaddr, then 77, 60, 93 (absent: 0; present: 1, length, value).
+        cdef Py_ssize_t a77 = at[READ_SLOT[OPT_USER_CLASS]]
+        cdef Py_ssize_t a60 = at[READ_SLOT[OPT_VENDOR_CLASS]]
+        cdef Py_ssize_t a93 = at[READ_SLOT[OPT_CLIENT_ARCH]]
+        klen = 6 + (2 + p[a77] if a77 else 1) + (2 + p[a60] if a60 else 1) + (2 + p[a93] if a93 else 1)
+        cdef bytes key = PyBytes_FromStringAndSize(NULL, klen)
+        cdef unsigned char* k = <unsigned char*>PyBytes_AS_STRING(key)
+        memcpy(k, p + OFF_CHADDR, 6)
+        pos = _key_part(k, 6, p, a77)
+        pos = _key_part(k, pos, p, a60)
+        _key_part(k, pos, p, a93)
+        cdef PyObject* found = PyDict_GetItem(self.entries, key)
+        if found is NULL:
+            return None
+        cdef FastEntry entry = <FastEntry>found
+        cdef object revision = None
+        if self.source is not None:
+            revision = self.source.revision
+        if revision is None or entry.checked is None or (
+                entry.checked is not revision and entry.checked != revision):
+            if not self.check(entry.owner):
+                self.entries.pop(key, None)
+                return None
+            entry.checked = revision
+        cdef const unsigned char* yi = <const unsigned char*>PyBytes_AS_STRING(entry.yiaddr)
+        cdef const unsigned char* req
+        cdef bint ci_set = _u32(p + OFF_CIADDR) != 0
+        cdef bint gi_set = _u32(p + OFF_GIADDR) != 0
+        if reply_type == DHCPACK:
+            a = at[READ_SLOT[OPT_SERVER_ID]]
+            if a and (p[a] != 4 or memcmp(p + a + 1, self.sid, 4) != 0):
+                return None
+            a = at[READ_SLOT[OPT_REQUESTED_IP]]
+            if a and p[a]:
+                if p[a] != 4:
+                    return None
+                req = p + a + 1
+            else:
+                req = p + OFF_CIADDR
+            if _u32(req) != 0 and memcmp(req, yi, 4) != 0:
+                return None
+        cdef Py_ssize_t a97 = 0, a61 = at[READ_SLOT[OPT_CLIENT_ID]], a82 = 0
+        if entry.echo_uuid:
+            a97 = at[READ_SLOT[OPT_CLIENT_UUID]]
+            if a97 and (p[a97] != 17 or p[a97 + 1] != 0):
+                return None
+        if gi_set:
+            a82 = at[READ_SLOT[OPT_RELAY_AGENT]]
+        size = entry.end + 1
+        if a97:
+            size += 19
+        if a61:
+            size += 2 + p[a61]
+        if a82:
+            size += 2 + p[a82]
+        if size < MIN_REPLY:
+            size = MIN_REPLY
+        cdef bytes result = PyBytes_FromStringAndSize(NULL, size)
+        cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(result)
+        pos = entry.end
+        memcpy(out, PyBytes_AS_STRING(entry.offer), pos)
+        memcpy(out + OFF_XID, p + OFF_XID, 4)
+        memcpy(out + OFF_FLAGS, p + OFF_FLAGS, 2)
+        if reply_type == DHCPACK:
+            memcpy(out + OFF_CIADDR, p + OFF_CIADDR, 4)
+        memcpy(out + OFF_GIADDR, p + OFF_GIADDR, 4)
+        memcpy(out + OFF_CHADDR, p + OFF_CHADDR, CHADDR_LEN)
+        out[OFF_REPLY_TYPE] = <unsigned char>reply_type
+        pos = _echo(out, pos, p, a97)
+        pos = _echo(out, pos, p, a61)
+        pos = _echo(out, pos, p, a82)
+        out[pos] = OPT_END
+        pos += 1
+        if pos < size:
+            memset(out + pos, 0, size - pos)
+        if gi_set:
+            if memcmp(self.relay_addr, p + OFF_GIADDR, 4) != 0 or self.relay_dest is BROADCAST:
+                self.relay_dest = (_ntoa(p + OFF_GIADDR), 67)
+                memcpy(self.relay_addr, p + OFF_GIADDR, 4)
+            return (result, self.relay_dest)
+        if ci_set:
+            return (result, (_ntoa(p + OFF_CIADDR), 68))
+        return (result, BROADCAST)

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from cwboot.protocol import dhcp as codec
 from cwboot.protocol.dhcp import DhcpPacket
 from cwboot.protocol.dhcp import _spec as dhcp
 
@@ -412,6 +413,86 @@ _IGNORE = {
     for reason in (NOT_A_REQUEST, NOT_ETHERNET, BOOTP, UNEXPECTED_TYPE, RELEASE, OTHER_SERVER, UNKNOWN_MAC,
                    NO_ADDRESS, PROXY_NOT_PXE, PROXY_REQUEST)
 }  # fmt: skip
+
+
+class FastPath:
+    """The policy's answers compiled into reply templates, for the codec's one-call respond path.
+
+    ``respond(data)`` (the codec backend's ``FastResponder.respond``: Cython or
+    pure Python, rules in cwboot.protocol.dhcp._spec) answers the common
+    requests -- a known node's DISCOVER or REQUEST, relayed or not -- by
+    selecting a template and copying the request's xid, flags, ciaddr, giaddr,
+    chaddr and the options that are echoed (97, 61, 82) into it; it returns
+    None for anything else, which then takes the full path (parse_untrusted ->
+    ``decide`` -> build_reply -> ``send_decision``).
+
+    It decides nothing itself. A template is what ``decide`` answered: after the
+    full path replied, ``learn(request)`` takes the policy's own memo entry
+    (``_Template``: node, pool, boot file, options, address) and has the
+    ordinary ``build_reply`` build the OFFER from it with every per-request
+    field zero. Its key is the memo's key (MAC and the raw 77/60/93). It holds
+    while the lookup returns the same node and naming-pool documents (as the
+    memo): checked again whenever the lookup's ``revision`` changed since the
+    last check (every time for a lookup without one). Not compiled: proxy mode,
+    replies with a warning (the full path counts them), NAKs, INFORM.
+    """
+
+    def __init__(
+        self, policy: BootPolicy, lookup: NodeLookup, *, backend: Any = None
+    ) -> None:
+        if policy.proxy:
+            raise ValueError("the fast path serves authoritative mode only")
+        self.policy = policy
+        self.lookup = lookup
+        self._has_revision = hasattr(lookup, "revision")
+        impl = backend if backend is not None else codec
+        self._build = impl.build_reply
+        self._encode = impl.encode_options
+        self.responder = impl.FastResponder(
+            policy.server_id, self._check, lookup if self._has_revision else None
+        )
+        self.respond = self.responder.respond
+
+    def _check(self, owner: Any) -> bool:
+        mac: str = owner[0]
+        node: Mapping[str, Any] = owner[1]
+        pool: object = owner[2]
+        lookup = self.lookup
+        if lookup.node_by_mac(mac) is not node:
+            return False
+        return lookup.get("naming_pool", node.get("naming_pool") or "default") is pool
+
+    def learn(self, request: DhcpPacket) -> bool:
+        """Compile the template that answers ``request`` (after ``decide`` replied to it)."""
+        if (request.op != dhcp.BOOTREQUEST or request.htype != 1 or request.hlen != 6
+                or request.message_type not in (dhcp.DHCPDISCOVER, dhcp.DHCPREQUEST)):  # fmt: skip
+            return False
+        options = request.options
+        user, vendor, arch = (options.get(dhcp.OPT_USER_CLASS), options.get(dhcp.OPT_VENDOR_CLASS),
+                              options.get(dhcp.OPT_CLIENT_ARCH))  # fmt: skip
+        key = dhcp.fast_key(request.chaddr[:6], user, vendor, arch)
+        if key is None or key in self.responder.entries:
+            return False
+        lookup = self.lookup
+        revision = getattr(lookup, "revision", None) if self._has_revision else None
+        mac = request.mac
+        node = lookup.node_by_mac(mac)
+        if node is None:
+            return False
+        pool = lookup.get("naming_pool", node.get("naming_pool") or "default")
+        template = self.policy._templates.get((mac, user, vendor, arch))
+        if (template is None or template.node is not node or template.pool is not pool
+                or template.warnings):  # fmt: skip
+            return False
+        blank = DhcpPacket(dhcp.BOOTREQUEST, 1, 6, 0, 0, 0, 0, _ZERO, _ZERO, _ZERO, _ZERO,
+                           bytes(dhcp.CHADDR_LEN), b"", b"", {}, dhcp.DHCPDISCOVER, "")  # fmt: skip
+        options_list = list(template.lease_options)
+        offer = self._build(blank, dhcp.DHCPOFFER, _ZERO, template.yiaddr, self.policy.server_id,
+                            b"", template.file, options_list)  # fmt: skip
+        end = dhcp.OFF_REPLY_TYPE + 1 + len(self._encode(options_list))
+        self.responder.add(key, offer, end, template.yiaddr, template.kind in (PXE, HTTP),
+                           (mac, node, pool), revision)  # fmt: skip
+        return True
 
 
 def classify(options: dict[int, bytes]) -> tuple[str, int | None, str]:

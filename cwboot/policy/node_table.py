@@ -24,6 +24,9 @@ class NodeTable:
             self._objects["naming_pool"][pool["name"]] = pool
         self._by_mac: dict[str, Mapping[str, Any]] = {}
         self._ips: dict[str, str] = {}
+        # Bumped on every change, like the cache's store revision (the DHCP fast path
+        # re-checks its templates when it moves).
+        self.revision = 0
         for node in nodes:
             self.add(node)
 
@@ -43,3 +46,4 @@ class NodeTable:
         self._ips[node["name"]] = node_ip(node, pool)
         for mac in node.get("mac", []):
             self._by_mac[normalize_mac(mac)] = node
+        self.revision += 1

@@ -8,6 +8,10 @@ Cython ``_wire_c`` (built from ext/dhcp_wire.pyx) and the pure-Python
     ``auto`` (default): Cython when it is importable, else pure Python;
     ``cython``: Cython or ImportError; ``python``: pure Python.
 
+Both also provide ``FastResponder``, the one-call respond path for the common
+requests (rules in ``_spec``, "The respond fast path"), filled with reply
+templates by cwboot.policy.dhcp.FastPath.
+
 ``backend`` names the loaded one (``"cython"`` or ``"python"``). The test
 suite fails on CPython when ``backend`` is not ``"cython"`` unless
 ``CWBOOT_DHCP_BACKEND=python`` was set on purpose.
@@ -25,6 +29,7 @@ from cwboot.protocol.dhcp._spec import BadPacket, DhcpPacket
 __all__ = [
     "BadPacket",
     "DhcpPacket",
+    "FastResponder",
     "backend",
     "build_reply",
     "encode_options",
@@ -59,3 +64,4 @@ backend, _impl = load_backend(os.environ.get("CWBOOT_DHCP_BACKEND", "auto") or "
 parse_untrusted = _impl.parse_untrusted
 build_reply = _impl.build_reply
 encode_options = _impl.encode_options
+FastResponder = _impl.FastResponder

@@ -1,6 +1,6 @@
 """Types of cwboot.protocol.dhcp, whichever backend (Cython or pure Python) is loaded."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Literal
 
@@ -11,6 +11,7 @@ from cwboot.protocol.dhcp._spec import DhcpPacket as DhcpPacket
 __all__ = [
     "BadPacket",
     "DhcpPacket",
+    "FastResponder",
     "backend",
     "build_reply",
     "encode_options",
@@ -35,3 +36,30 @@ def build_reply(
     file: bytes,
     options: Iterable[tuple[int, bytes]],
 ) -> bytes: ...
+
+
+class FastResponder:
+    """The respond fast path (rules in cwboot.protocol.dhcp._spec)."""
+
+    server_id: bytes
+    max_entries: int
+    def __init__(
+        self,
+        server_id: bytes,
+        check: Callable[[object], bool],
+        source: object = None,
+        max_entries: int = ...,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def clear(self) -> None: ...
+    def add(
+        self,
+        key: bytes,
+        offer: bytes,
+        end: int,
+        yiaddr: bytes,
+        echo_uuid: bool,
+        owner: object,
+        checked: object,
+    ) -> None: ...
+    def respond(self, data: bytes) -> tuple[bytes, tuple[str, int]] | None: ...

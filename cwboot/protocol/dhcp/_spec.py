@@ -146,3 +146,68 @@ class DhcpPacket(NamedTuple):
     # Option 53, 0 when absent (plain BOOTP).
     message_type: int
     mac: str
+
+
+# -- The respond fast path (``FastResponder`` in both backends) ------------------
+#
+# A ``FastResponder`` holds reply templates compiled by the boot policy
+# (cwboot.policy.dhcp.FastPath) and answers a request with one call,
+# ``respond(data) -> (reply, (address, port)) | None``, by choosing a template and
+# copying the request's own fields into it. It never decides anything: the
+# templates are replies the policy decided and the ordinary ``build_reply``
+# built; ``None`` ("declined") sends the datagram down the full path
+# (parse_untrusted -> BootPolicy.decide -> build_reply -> send_decision), which
+# then answers, drops with a counted reason, or teaches the fast path a template.
+#
+# It declines, in this order:
+#
+# 1. shorter than MIN_PACKET, op != BOOTREQUEST, htype != 1, hlen != 6, bad cookie;
+# 2. while reading the options field (not sname/file): a value running past the
+#    end, option 52 (overload) anywhere, or a second instance of any of
+#    FAST_READ (so no RFC 3396 concatenation is ever needed); PAD is skipped,
+#    END ends the area, a missing END is accepted (as parse_untrusted);
+# 3. option 53 absent, not one byte, or not DISCOVER/REQUEST;
+# 4. no template under ``fast_key`` (chaddr[:6] and the raw 77/60/93, the
+#    policy's own memo key), or the cache changed since the template was last
+#    checked (its ``revision``) and the policy's check says the node or its
+#    naming pool is no longer the one the template was built from (the template
+#    is then dropped);
+# 5. REQUEST: option 54 present and not this server's id; the requested address
+#    (option 50 if non-empty, else ciaddr) neither 0.0.0.0 nor the template's
+#    yiaddr (the full path NAKs; it must be 4 bytes to match);
+# 6. a template that echoes option 97 (PXE and HTTP clients) and a 97 that is
+#    not 17 bytes starting with 0 (the full path answers with a warning).
+#
+# The reply is the template's bytes up to its END with xid, flags, giaddr and
+# chaddr (all 16 bytes) copied from the request, ciaddr copied for a REQUEST,
+# option 53 set to OFFER or ACK, then 97 (when echoed), 61 (when present), 82
+# (when present and giaddr is set), END and PAD up to MIN_REPLY: exactly what
+# ``build_reply`` makes of the policy's option list. The destination is RFC 2131
+# 4.1's (``send_decision``): giaddr:67, else ciaddr:68, else
+# 255.255.255.255:68 (the broadcast flag, or "unicast to chaddr", which the
+# service broadcasts).
+FAST_READ = (
+    OPT_REQUESTED_IP, OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_VENDOR_CLASS, OPT_CLIENT_ID,
+    OPT_USER_CLASS, OPT_RELAY_AGENT, OPT_CLIENT_ARCH, OPT_CLIENT_UUID,
+)  # fmt: skip
+# Option 53 sits at a fixed place in every reply build_reply makes.
+OFF_REPLY_TYPE = OFF_OPTIONS + 2
+
+
+def fast_key(hwaddr: bytes, user_class: bytes | None, vendor_class: bytes | None,
+             client_arch: bytes | None) -> bytes | None:  # fmt: skip
+    """The template key: 6-byte hwaddr, then for 77, 60, 93: ``\\0`` if absent, else 1, length, value.
+
+    None when a value is longer than one option instance (255 bytes): the fast
+    path, which declines repeated options, can never look such a key up.
+    """
+    out = bytearray(hwaddr)
+    for value in (user_class, vendor_class, client_arch):
+        if value is None:
+            out.append(0)
+        elif len(value) > 255:
+            return None
+        else:
+            out += bytes((1, len(value)))
+            out += value
+    return bytes(out)
