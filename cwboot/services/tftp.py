@@ -36,11 +36,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import errno
+import heapq
+import itertools
 import json
 import logging
 import math
+import select
 import signal
 import socket as _socket
 import struct
@@ -58,10 +62,10 @@ from cwboot.protocol.tftp import (
     BadPacket,
     BytesSource,
     ClientState,
+    ContentCache,
     ErrorCode,
     Limits,
     Outcome,
-    Output,
     ReadClient,
     ReadRequest,
     ReadTransfer,
@@ -160,6 +164,211 @@ class TftpServer:
     stats: TftpStats
 
 
+class _Running:
+    """A transfer the pump drives: its socket (transfer ID), its core, what waits to be sent."""
+
+    __slots__ = ("done", "error", "fd", "peer", "pending", "sock", "timer", "timer_at", "transfer")
+
+    def __init__(self, sock: _socket.socket, transfer: ReadTransfer, peer: Peer) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.transfer = transfer
+        self.peer = peer
+        self.done = trio.Event()
+        self.error: OSError | None = None
+        # Datagrams (and where to) the socket buffer had no room for yet, in order.
+        self.pending: collections.deque[tuple[bytes, Peer]] = collections.deque()
+        # Its live entry in the pump's timer heap (sequence number, when), if any.
+        self.timer = -1
+        self.timer_at = math.inf
+
+
+class _Pump:
+    """Every running transfer's packets, from one task.
+
+    A task per transfer waiting on its own socket costs, per DATA packet of a
+    lockstep transfer, a failed recvfrom, a cancel scope and two trips
+    through trio's scheduler. The pump instead keeps the transfer sockets in
+    an epoll set of its own, waits (through trio) for that set to become
+    readable, and then serves every ready socket: recvfrom, the sans-IO core,
+    sendto. In a storm one wake-up serves many packets.
+
+    Retransmission deadlines live in a heap on trio's clock (so a MockClock
+    drives them as before), one live entry per transfer: a packet that moves
+    a transfer's deadline later leaves the entry alone, and an entry that
+    pops before its transfer's deadline is put back at that deadline. A
+    datagram the socket has no room for waits in the transfer's ``pending``
+    queue (the socket is then watched for writability, not for ACKs, as the
+    old per-transfer loop waited in its send before reading again).
+
+    Each transfer keeps its own task for its lifetime (open, admission slot,
+    record), parked on ``_Running.done`` while the pump moves its packets.
+    """
+
+    def __init__(self, service: _Service) -> None:
+        self.service = service
+        self.epoll = select.epoll()
+        self.running: dict[int, _Running] = {}  # by socket fd
+        self.timers: list[tuple[float, int, _Running]] = []
+        self.sequence = itertools.count()
+        # The cancel scope of the pump's current wait, so an earlier deadline can shorten it.
+        self.scope: trio.CancelScope | None = None
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.epoll.fileno())
+        self.epoll.close()
+
+    async def serve(self, sock: _socket.socket, transfer: ReadTransfer, peer: Peer) -> None:
+        """Run ``transfer`` on ``sock`` to its end; OSError if reading its content failed."""
+        out = transfer.start(trio.current_time())
+        running = _Running(sock, transfer, peer)
+        self.running[running.fd] = running
+        self.epoll.register(running.fd, select.EPOLLIN)
+        try:
+            self.send(running, out.datagrams, peer)
+            self.settle(running)
+            await running.done.wait()
+        finally:
+            self.forget(running)
+        if running.error is not None:
+            raise running.error
+
+    async def run(self) -> None:
+        epoll_fd = self.epoll.fileno()
+        poll = self.epoll.poll
+        running_by_fd = self.running
+        while True:
+            self.fire_timers(trio.current_time())
+            with trio.CancelScope(deadline=self.timers[0][0] if self.timers else math.inf) as scope:
+                self.scope = scope
+                try:
+                    await trio.lowlevel.wait_readable(epoll_fd)
+                finally:
+                    self.scope = None
+            for fd, _ in poll(0):
+                running = running_by_fd.get(fd)
+                if running is None:
+                    continue
+                if running.pending:
+                    self.flush(running)
+                else:
+                    self.receive(running)
+
+    def receive(self, running: _Running) -> None:
+        try:
+            data, sender = running.sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.service.stats.drops[f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
+            return
+        transfer = running.transfer
+        if sender != running.peer:
+            # RFC 1350 §4: answer the stranger with ERROR 5, keep serving the peer.
+            self.service.stats.drops["stray_transfer_id"] += 1
+            self.send(running, [transfer.reply_to_stray()], sender[:2])
+            return
+        try:
+            out = transfer.receive_untrusted(data, trio.current_time())
+        except OSError as exc:  # reading the content failed (EIO...): end this transfer only
+            self.fail(running, exc)
+            return
+        if out.datagrams:
+            self.send(running, out.datagrams, running.peer)
+            self.settle(running)
+        elif transfer.finished:
+            self.settle(running)
+
+    def fire_timers(self, now: float) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, sequence, running = heapq.heappop(timers)
+            if sequence != running.timer:
+                continue  # replaced by an earlier entry, or the transfer ended
+            running.timer, running.timer_at = -1, math.inf
+            if running.pending:
+                continue  # re-armed once its datagrams are out
+            transfer = running.transfer
+            if transfer.deadline is None:
+                continue
+            if transfer.deadline > now:
+                self.arm(running)
+                continue
+            try:
+                out = transfer.timeout(now)
+            except OSError as exc:
+                self.fail(running, exc)
+                continue
+            self.send(running, out.datagrams, running.peer)
+            self.settle(running)
+
+    def arm(self, running: _Running) -> None:
+        deadline = running.transfer.deadline
+        if deadline is None or deadline >= running.timer_at:
+            return  # the live entry pops first and re-arms
+        sequence = next(self.sequence)
+        running.timer, running.timer_at = sequence, deadline
+        heapq.heappush(self.timers, (deadline, sequence, running))
+        if self.scope is not None and deadline < self.scope.deadline:
+            self.scope.deadline = deadline
+
+    def send(self, running: _Running, datagrams: list[bytes], to: Peer) -> None:
+        if running.pending:  # keep the order: behind what already waits
+            running.pending.extend((datagram, to) for datagram in datagrams)
+            return
+        sendto = running.sock.sendto
+        for i, datagram in enumerate(datagrams):
+            try:
+                sendto(datagram, to)
+            except BlockingIOError:
+                running.pending.extend((later, to) for later in datagrams[i:])
+                self.epoll.modify(running.fd, select.EPOLLOUT)
+                return
+            except OSError as exc:
+                self.service.stats.drops[
+                    f"send_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
+                ] += 1
+
+    def flush(self, running: _Running) -> None:
+        pending = running.pending
+        while pending:
+            datagram, to = pending[0]
+            try:
+                running.sock.sendto(datagram, to)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.service.stats.drops[
+                    f"send_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
+                ] += 1
+            pending.popleft()
+        self.epoll.modify(running.fd, select.EPOLLIN)
+        self.settle(running)
+
+    def settle(self, running: _Running) -> None:
+        """After sending: end a finished transfer, or (re)arm its retransmission timer."""
+        if running.pending:
+            return
+        if running.transfer.finished:
+            self.end(running)
+        else:
+            self.arm(running)
+
+    def fail(self, running: _Running, error: OSError) -> None:
+        running.error = error
+        self.end(running)
+
+    def end(self, running: _Running) -> None:
+        self.forget(running)
+        running.done.set()
+
+    def forget(self, running: _Running) -> None:
+        running.timer = -1
+        if self.running.get(running.fd) is running:
+            del self.running[running.fd]
+            self.epoll.unregister(running.fd)
+
+
 class _Service:
     def __init__(
         self,
@@ -186,6 +395,9 @@ class _Service:
         self.waiting: collections.OrderedDict[Peer, _Waiting] = collections.OrderedDict()
         self.nursery: trio.Nursery | None = None
         self.swept_at = -math.inf
+        # Files read once and shared by every transfer of them (a storm fetches one loader).
+        self.cache = ContentCache()
+        self.pump = _Pump(self)
 
     def open_source_untrusted(self, request: ReadRequest, peer: Peer) -> ResponseSource:
         if self.generated is not None:
@@ -200,7 +412,7 @@ class _Service:
                 return BytesSource(content)
             if content is not None:
                 return content
-        return open_in_root_untrusted(self.root, request.filename, self.defaults)
+        return open_in_root_untrusted(self.root, request.filename, self.defaults, self.cache)
 
     def admit(self, request: ReadRequest, peer: Peer, local: str, now: float) -> None:
         """Start a transfer for ``peer``, queue it, or count why the RRQ is dropped."""
@@ -283,6 +495,7 @@ class _Service:
     async def listen(self, sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         nursery.start_soon(self.forget_silent_periodically)
+        nursery.start_soon(self.pump.run)
         while True:
             try:
                 data, ancillary, _, address = await sock.recvmsg(
@@ -323,7 +536,7 @@ class _Service:
                 limits = dataclasses.replace(self.limits, max_blksize=self.path_blksize(peer))
                 transfer = ReadTransfer(request, source, limits=limits, now=now)
                 try:
-                    await self.run_transfer(sock, transfer, peer)
+                    await self.pump.serve(sock, transfer, peer)
                 except OSError as exc:  # reading the file failed (EIO...): end this transfer only
                     self.stats.drops[
                         f"read_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"
@@ -345,11 +558,7 @@ class _Service:
         return max(MIN_BLKSIZE, min(self.config.max_blksize, mtu - TFTP_DATA_OVERHEAD))
 
     async def send_all(self, sock: _socket.socket, datagrams: list[bytes], peer: Peer) -> None:
-        """Send a window with plain non-blocking sendto calls, then one checkpoint.
-
-        (trio's socket wrapper costs a scheduler round trip per datagram; this
-        is the hot path of a boot storm.)
-        """
+        """Send with plain non-blocking sendto calls, then one checkpoint (a refusal's ERROR)."""
         for datagram in datagrams:
             while True:
                 try:
@@ -363,35 +572,6 @@ class _Service:
                     ] += 1
                 break
         await trio.lowlevel.checkpoint()
-
-    async def run_transfer(self, sock: _socket.socket, transfer: ReadTransfer, peer: Peer) -> None:
-        out = transfer.start(trio.current_time())
-        while True:
-            await self.send_all(sock, out.datagrams, peer)
-            if transfer.finished:
-                return
-            try:
-                data, sender = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                with trio.move_on_at(
-                    transfer.deadline if transfer.deadline is not None else math.inf
-                ):
-                    await trio.lowlevel.wait_readable(sock)
-                    out = Output([], transfer.deadline)
-                    continue
-                out = transfer.timeout(trio.current_time())
-                continue
-            except OSError as exc:
-                self.stats.drops[f"recv_failed_{errno.errorcode.get(exc.errno or 0, 'error')}"] += 1
-                out = Output([], transfer.deadline)
-                continue
-            if sender[:2] != peer:
-                # RFC 1350 §4: answer the stranger with ERROR 5, keep serving the peer.
-                self.stats.drops["stray_transfer_id"] += 1
-                await self.send_all(sock, [transfer.reply_to_stray()], sender[:2])
-                out = Output([], transfer.deadline)
-            else:
-                out = transfer.receive_untrusted(data, trio.current_time())
 
     def finish(self, transfer: ReadTransfer, peer: Peer) -> None:
         stats = transfer.stats
@@ -435,7 +615,7 @@ async def serve_tftp(
     one is in the TftpServer handed to ``task_status``.
     """
     service = _Service(config, Path(root), generated, defaults)
-    with trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+    with contextlib.closing(service.pump), trio.socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4 * 1024 * 1024)
         sock.setsockopt(_socket.IPPROTO_IP, IP_PKTINFO, 1)

@@ -17,9 +17,11 @@ from cwboot.protocol.tftp._options import (
 from cwboot.protocol.tftp._source import (
     DEBIAN_IPXE_LOADERS,
     BytesSource,
+    ContentCache,
     FileSource,
     NetasciiSource,
     ResponseSource,
+    SharedContent,
     open_in_root_untrusted,
     safe_relative_path_untrusted,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "BadPacket",
     "BytesSource",
     "ClientState",
+    "ContentCache",
     "Data",
     "Error",
     "ErrorCode",
@@ -69,6 +72,7 @@ __all__ = [
     "ReadRequest",
     "ReadTransfer",
     "ResponseSource",
+    "SharedContent",
     "State",
     "TransferStats",
     "build_ack",

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from cwboot.protocol.tftp._wire import BadPacket, ErrorCode
+from cwboot.protocol.tftp._wire import OPCODE_BLOCK, BadPacket, ErrorCode, Opcode
 
 MAX_NAME_BYTES = 255
+# ContentCache defaults: files up to this size are read once and shared...
+CACHE_MAX_FILE_BYTES = 16 * 2**20
+# ...and the cache holds at most this much (least recently used out first).
+CACHE_MAX_BYTES = 64 * 2**20
 
 # Debian's `ipxe` package: served when the root does not hold them.
 DEBIAN_IPXE_LOADERS: Mapping[str, Path] = {
@@ -39,23 +44,105 @@ class ResponseSource(Protocol):
     def close(self) -> None: ...
 
 
-class BytesSource:
-    """Content held in memory (an embedded iPXE script, a generated config)."""
+class SharedContent:
+    """Bytes served by many transfers at once (a loader 1,000 nodes fetch in a storm).
 
-    def __init__(self, content: bytes) -> None:
-        self._content = content
+    The DATA datagrams of an octet transfer depend only on the content and the
+    blksize (block numbers wrap the same way for every transfer), so they are
+    built once per blksize, on first use, and shared: a transfer then sends
+    ready-made datagrams instead of reading, slicing and packing per packet.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._datagrams: dict[int, list[bytes]] = {}
+
+    def datagrams(self, blksize: int) -> list[bytes]:
+        """DATA datagrams 1 .. size // blksize + 1 (index = block - 1; the last one is short)."""
+        built = self._datagrams.get(blksize)
+        if built is None:
+            data, pack = self.data, OPCODE_BLOCK.pack
+            built = [
+                pack(Opcode.DATA, (i + 1) & 0xFFFF) + data[i * blksize : (i + 1) * blksize]
+                for i in range(len(data) // blksize + 1)
+            ]
+            self._datagrams[blksize] = built
+        return built
+
+
+class BytesSource:
+    """Content held in memory (an embedded iPXE script, a generated config, a cached file).
+
+    ``content`` is the :class:`SharedContent` (ReadTransfer sends its prebuilt
+    datagrams for octet transfers instead of calling :meth:`read`).
+    """
+
+    def __init__(self, content: bytes | SharedContent) -> None:
+        self.content = content if isinstance(content, SharedContent) else SharedContent(content)
         self._offset = 0
 
     def read(self, n: int) -> bytes:
-        chunk = self._content[self._offset : self._offset + n]
+        chunk = self.content.data[self._offset : self._offset + n]
         self._offset += len(chunk)
         return chunk
 
     def size(self) -> int | None:
-        return len(self._content)
+        return len(self.content.data)
 
     def close(self) -> None:
-        self._content = b""
+        self.content = _EMPTY
+
+
+_EMPTY = SharedContent(b"")
+
+
+class ContentCache:
+    """Regular files read once and shared by every transfer of them, keyed by file identity.
+
+    The key is (device, inode, size, mtime, ctime) from fstat of the file just
+    opened, so path checks still run on every request and a replaced or
+    rewritten file is read afresh. Files over ``max_file_bytes``, and files
+    that fail to read here, are served with pread per block as before (a read
+    error then ends that transfer, not the open). Least recently used files
+    leave first once the cache holds more than ``max_bytes``.
+    """
+
+    def __init__(
+        self, max_bytes: int = CACHE_MAX_BYTES, max_file_bytes: int = CACHE_MAX_FILE_BYTES
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_file_bytes = min(max_file_bytes, max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._files: OrderedDict[tuple[int, ...], SharedContent] = OrderedDict()
+
+    def source(self, fd: int, info: os.stat_result) -> ResponseSource:
+        """A source for the open regular file ``fd``; takes ownership of ``fd``."""
+        if info.st_size > self.max_file_bytes:
+            return FileSource(fd, info.st_size)
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        content = self._files.get(key)
+        if content is not None:
+            self._files.move_to_end(key)
+            self.hits += 1
+            os.close(fd)
+            return BytesSource(content)
+        reader = FileSource(fd, info.st_size)
+        try:
+            data = reader.read(info.st_size)
+        except OSError:
+            return FileSource(fd, info.st_size)  # fails again in the transfer, and is counted there
+        reader.close()
+        self.misses += 1
+        content = SharedContent(data)
+        if len(data) == info.st_size:  # not truncated while being read
+            self._files[key] = content
+            self.bytes += len(data)
+            while self.bytes > self.max_bytes:
+                _, old = self._files.popitem(last=False)
+                self.bytes -= len(old.data)
+        return BytesSource(content)
 
 
 class FileSource:
@@ -129,7 +216,9 @@ def safe_relative_path_untrusted(filename: str) -> tuple[str, ...]:
     return parts
 
 
-def _open_regular_untrusted(path: Path, root: Path) -> FileSource:
+def _open_regular_untrusted(
+    path: Path, root: Path, cache: ContentCache | None = None
+) -> ResponseSource:
     try:
         real = path.resolve(strict=True)
     except FileNotFoundError:
@@ -148,23 +237,29 @@ def _open_regular_untrusted(path: Path, root: Path) -> FileSource:
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise BadPacket("not_a_regular_file", ErrorCode.ACCESS_VIOLATION, "not a regular file")
+    if cache is not None:
+        return cache.source(fd, info)
     return FileSource(fd, info.st_size)
 
 
 def open_in_root_untrusted(
-    root: Path, filename: str, defaults: Mapping[str, Path] = DEBIAN_IPXE_LOADERS
-) -> FileSource:
+    root: Path,
+    filename: str,
+    defaults: Mapping[str, Path] = DEBIAN_IPXE_LOADERS,
+    cache: ContentCache | None = None,
+) -> ResponseSource:
     """Open ``filename`` under ``root``; fall back to ``defaults`` (by exact name).
 
     Defaults are trusted paths chosen by the operator (Debian's iPXE loaders),
-    used only when the root lacks the name.
+    used only when the root lacks the name. With a ``cache``, the content of
+    a small file is shared with every other transfer of the same file.
     """
     parts = safe_relative_path_untrusted(filename)
     real_root = root.resolve()
     try:
-        return _open_regular_untrusted(real_root.joinpath(*parts), real_root)
+        return _open_regular_untrusted(real_root.joinpath(*parts), real_root, cache)
     except BadPacket as exc:
         fallback = defaults.get(filename)
         if exc.code != ErrorCode.FILE_NOT_FOUND or fallback is None:
             raise
-    return _open_regular_untrusted(fallback, fallback.resolve().parent)
+    return _open_regular_untrusted(fallback, fallback.resolve().parent, cache)

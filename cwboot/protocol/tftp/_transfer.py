@@ -31,12 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cwboot.protocol.tftp._options import Limits, negotiate_untrusted
-from cwboot.protocol.tftp._source import NetasciiSource, ResponseSource
+from cwboot.protocol.tftp._source import BytesSource, NetasciiSource, ResponseSource
 from cwboot.protocol.tftp._wire import (
     Ack,
     BadPacket,
     Error,
     ErrorCode,
+    Opcode,
     Packet,
     ReadRequest,
     build_data,
@@ -46,6 +47,8 @@ from cwboot.protocol.tftp._wire import (
 )
 
 BACKOFF_CAP = 4
+# The first two bytes of an ACK (the fast path of receive_untrusted).
+_ACK_OPCODE = Opcode.ACK.to_bytes(2, "big")
 
 
 class State(enum.Enum):
@@ -130,6 +133,9 @@ class ReadTransfer:
         self._last: int | None = None
         self._read = 0
         self._cache: dict[int, bytes] = {}
+        # Octet content held in memory: its DATA datagrams, built once per blksize
+        # and shared by every transfer of the same content (index = block - 1).
+        self._datagrams: list[bytes] | None = None
         try:
             self.negotiated = negotiate_untrusted(request.options, source.size(), limits)
         except BadPacket as exc:
@@ -140,11 +146,21 @@ class ReadTransfer:
             self.refusal = None
         self.stats.blksize = self.negotiated.blksize
         self.stats.windowsize = self.negotiated.windowsize
+        if isinstance(source, BytesSource) and self.refusal is None:
+            self._datagrams = source.content.datagrams(self.negotiated.blksize)
+            self._last = len(self._datagrams)
+        self.finished = False
         self.state = State.AWAIT_OACK_ACK if self.negotiated.oack else State.SENDING
 
     @property
-    def finished(self) -> bool:
-        return self.state in (State.DONE, State.FAILED)
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self._state = state
+        # A plain attribute: read once per packet by the service loop.
+        self.finished = state is State.DONE or state is State.FAILED
 
     def start(self, now: float) -> Output:
         if self.refusal is not None:
@@ -160,6 +176,9 @@ class ReadTransfer:
     def receive_untrusted(self, datagram: bytes, now: float) -> Output:
         """A datagram from the peer's transfer ID. Bad or unexpected ones are counted and ignored."""
         self.stats.packets_received += 1
+        if len(datagram) == 4 and datagram[:2] == _ACK_OPCODE and self._state is State.SENDING:
+            # The packet of nearly every exchange, parsed as parse_packet_untrusted would.
+            return self._output(self._on_ack_block(int.from_bytes(datagram[2:], "big"), now), now)
         try:
             packet = parse_packet_untrusted(datagram)
         except BadPacket as exc:
@@ -195,6 +214,7 @@ class ReadTransfer:
     def close(self) -> None:
         self._source.close()
         self._cache.clear()
+        self._datagrams = None
 
     # -- transitions (referenced from _SERVER_TRANSITIONS) --
 
@@ -209,16 +229,21 @@ class ReadTransfer:
 
     def _on_data_ack(self, packet: Packet, now: float) -> list[bytes]:
         assert isinstance(packet, Ack)
+        return self._on_ack_block(packet.block, now)
+
+    def _on_ack_block(self, wire_block: int, now: float) -> list[bytes]:
         # Map the 16-bit number onto the one block in [base-1, sent] it can mean.
-        block = self._base - 1 + ((packet.block - (self._base - 1)) & 0xFFFF)
-        if block == self._base - 1:
+        base = self._base
+        block = base - 1 + ((wire_block - (base - 1)) & 0xFFFF)
+        if block == base - 1:
             self.stats.duplicate_acks += 1
             return []
         if block > self._sent:
             self._ignore("ack_outside_window")
             return []
-        for acked in range(self._base, block + 1):
-            self._cache.pop(acked, None)
+        if self._cache:
+            for acked in range(base, block + 1):
+                self._cache.pop(acked, None)
         self._base = block + 1
         self._progress(now)
         if block == self._last:
@@ -280,6 +305,20 @@ class ReadTransfer:
         return payload
 
     def _send_window(self) -> list[bytes]:
+        datagrams = self._datagrams
+        if datagrams is not None:
+            # Prebuilt: blocks base .. min(base + windowsize - 1, last).
+            base = self._base
+            end = min(base + self.negotiated.windowsize - 1, len(datagrams))
+            out = datagrams[base - 1 : end]
+            stats = self.stats
+            if base <= self._sent:
+                stats.retransmits += min(self._sent, end) - base + 1
+            stats.blocks_sent += len(out)
+            stats.packets_sent += len(out)
+            stats.bytes_sent += sum(map(len, out)) - 4 * len(out)
+            self._sent = max(self._sent, end)
+            return out
         out = []
         end = self._base + self.negotiated.windowsize
         number = self._base
