@@ -15,6 +15,7 @@ from setuptools.command.build_ext import build_ext
 # (module name, Cython source) for every native fast path.
 EXTENSIONS = [
     ("cwboot.protocol.dhcp._wire_c", "ext/dhcp_wire.pyx"),
+    ("cwboot.services._dhcp_loop_c", "ext/dhcp_loop.pyx"),
 ]
 
 

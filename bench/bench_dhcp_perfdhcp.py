@@ -3,6 +3,9 @@
     .venv/bin/python bench/bench_dhcp_perfdhcp.py [--rates 2000,4000,...] [--seconds 5]
         [--cpu-rate 1000] [--servers cwboot,kea,dnsmasq] [--enrol]
 
+``--servers`` also takes cwboot-nohold and cwboot-old (CWBOOT_VARIANTS: the
+service with its batching hold, or with the fast path and the native loop, off).
+
 Two network namespaces joined by a veth pair (tests/services/dhcp_netns.py):
 the server runs pinned to CPU 0 (``taskset -c 0``) on 10.99.0.1, perfdhcp
 pinned to CPU 1 on 10.99.0.2, always as
@@ -46,7 +49,15 @@ BASE_MAC = "00:0c:01:02:03:04"
 CLIENTS = 50000
 
 
-def serve_cwboot(interface: str, enrol: bool) -> None:
+# cwboot variants (--servers): the service as it is, and with parts of it off, in the same run.
+CWBOOT_VARIANTS = {
+    "cwboot": "default: native recvmmsg/sendmmsg loop, fast path, 1 ms hold under load",
+    "cwboot-nohold": "native loop and fast path, hold 0 (every datagram answered as soon as read)",
+    "cwboot-old": "the service before the fast path: Python recvfrom/sendto loop, full path only",
+}
+
+
+def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
     """The cwboot server process (run inside the server namespace)."""
     import trio
 
@@ -54,7 +65,11 @@ def serve_cwboot(interface: str, enrol: bool) -> None:
     from cwboot.control.objects import validate_new
     from cwboot.policy.node_table import NodeTable
     from cwboot.protocol import dhcp
+    from cwboot.services import dhcp as dhcp_service
     from cwboot.services.dhcp import serve_dhcp
+
+    if variant == "cwboot-old":
+        dhcp_service.LOOP = "python"
 
     pool = validate_new(
         "naming_pool", {"name": "default", "network": "10.99.0.0/16", "ip_offset": 1000}, 0.0
@@ -88,10 +103,13 @@ def serve_cwboot(interface: str, enrol: bool) -> None:
                     head_address=SERVER,
                     http_port=8081,
                     enrol=enrol_node,
+                    fast=variant != "cwboot-old",
+                    hold=0.0 if variant in ("cwboot-nohold", "cwboot-old") else dhcp_service.HOLD,
                     task_status=task_status,
                 )
             )
-            print(f"ready backend={dhcp.backend} nodes={len(nodes)}", flush=True)
+            print(f"ready backend={dhcp.backend} loop={dhcp_service.LOOP} variant={variant} nodes={len(nodes)}",
+                  flush=True)  # fmt: skip
             try:
                 await trio.sleep_forever()
             finally:
@@ -122,9 +140,9 @@ def kea_config(interface: str, workdir: Path) -> Path:
 
 
 def server_command(name: str, pair: NetnsPair, workdir: Path, enrol: bool) -> list[str]:
-    if name == "cwboot":
+    if name in CWBOOT_VARIANTS:
         args = [sys.executable, str(Path(__file__).resolve()), "--serve-cwboot", pair.server_if]
-        return args + (["--enrol"] if enrol else [])
+        return args + (["--enrol"] if enrol else []) + ["--variant", name]
     if name == "kea":
         return ["/usr/sbin/kea-dhcp4", "-c", str(kea_config(pair.server_if, workdir))]
     if name == "dnsmasq":
@@ -172,7 +190,7 @@ def start_server(name: str, pair: NetnsPair, enrol: bool) -> subprocess.Popen[by
            "CWBOOT_BENCH_STATS": str(workdir / "stats.json")}  # fmt: skip
     server = pair.spawn("server", ["taskset", "-c", "0", *server_command(name, pair, workdir, enrol)], env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    if name == "cwboot":
+    if name.startswith("cwboot"):
         line = server.stdout.readline().decode() if server.stdout else ""
         if not line.startswith("ready"):
             raise RuntimeError(f"cwboot did not start: {line}")
@@ -182,10 +200,18 @@ def start_server(name: str, pair: NetnsPair, enrol: bool) -> subprocess.Popen[by
         raise RuntimeError(
             f"{name} exited: {server.stdout.read().decode() if server.stdout else ''}"
         )
+    server.stats_file = env["CWBOOT_BENCH_STATS"]  # type: ignore[attr-defined]
     return server
 
 
-def stop_server(server: subprocess.Popen[bytes]) -> None:
+def stop_server(server: subprocess.Popen[bytes], name: str = "") -> None:
+    if name.startswith("cwboot"):  # SIGINT: it writes its counters (CWBOOT_BENCH_STATS) and exits
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            pass
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=10)
 
@@ -199,9 +225,21 @@ def measure(name: str, pair: NetnsPair, rate: int, seconds: int, enrol: bool) ->
         result["cpu_us_per_dora"] = (
             (cpu_seconds(server.pid) - before) * 1e6 / max(result["acks"], 1)
         )
-        return result
     finally:
-        stop_server(server)
+        stop_server(server, name)
+    stats_file = Path(server.stats_file)  # type: ignore[attr-defined]
+    if stats_file.exists() and stats_file.stat().st_size:
+        result["server_stats"] = json.loads(stats_file.read_text())  # type: ignore[assignment]
+    return result
+
+
+def server_note(result: dict[str, object]) -> str:
+    """cwboot's own counters: replies by the fast path, drops by reason."""
+    stats = result.get("server_stats")
+    if not isinstance(stats, dict):
+        return ""
+    replied = sum(stats["replied"].values())
+    return f" [cwboot: {stats['received']} received, {replied} replied, {stats.get('fast', 0)} by the fast path, dropped {stats['dropped']}]"
 
 
 def bench_server(
@@ -212,7 +250,7 @@ def bench_server(
         # (b) CPU per DORA at a fixed rate.
         fixed = measure(name, pair, cpu_rate, seconds, enrol)
         print(f"  {name}: rate {cpu_rate}/s -> {fixed['dora_per_s']:.0f} DORA/s, drop {fixed['drop']:.2%}, "
-              f"server CPU {fixed['cpu_us_per_dora']:.1f} us/DORA")  # fmt: skip
+              f"server CPU {fixed['cpu_us_per_dora']:.1f} us/DORA{server_note(fixed)}")  # fmt: skip
         # (a) rate ladder: the highest completed rate with <= 1% drops.
         ladder = []
         best = 0.0
@@ -220,7 +258,7 @@ def bench_server(
             result = measure(name, pair, rate, seconds, enrol)
             ladder.append(result)
             print(f"  {name}: rate {rate}/s -> {result['dora_per_s']:.0f} DORA/s, drop {result['drop']:.2%}, "
-                  f"CPU {result['cpu_us_per_dora']:.1f} us/DORA")  # fmt: skip
+                  f"CPU {result['cpu_us_per_dora']:.1f} us/DORA{server_note(result)}")  # fmt: skip
             if result["drop"] <= 0.01:
                 best = max(best, result["dora_per_s"])
             elif result["drop"] > 0.3:
@@ -234,6 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve-cwboot", metavar="IFACE")
     parser.add_argument("--enrol", action="store_true")
+    parser.add_argument("--variant", default="cwboot", choices=sorted(CWBOOT_VARIANTS))
     parser.add_argument("--servers", default="cwboot,kea,dnsmasq")
     parser.add_argument("--rates", default="1000,2000,4000,6000,8000,12000,16000,20000")
     parser.add_argument("--seconds", type=int, default=5)
@@ -241,19 +280,19 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.serve_cwboot:
-        serve_cwboot(args.serve_cwboot, args.enrol)
+        serve_cwboot(args.serve_cwboot, args.enrol, args.variant)
         return
     rates = [int(r) for r in args.rates.split(",")]
     results = {}
     for name in args.servers.split(","):
         print(f"{name}:")
         results[name] = bench_server(
-            name, rates, args.seconds, args.cpu_rate, args.enrol and name == "cwboot"
+            name, rates, args.seconds, args.cpu_rate, args.enrol and name.startswith("cwboot")
         )
     print("\nsummary (same run):")
     kea = results.get("kea")
     for name, r in results.items():
-        line = f"  {name:8s} max {r['max_dora_per_s_1pct']:7.0f} DORA/s at <=1% drops; {r['fixed']['cpu_us_per_dora']:7.1f} us CPU/DORA"  # type: ignore[index]
+        line = f"  {name:11s} max {r['max_dora_per_s_1pct']:7.0f} DORA/s at <=1% drops; {r['fixed']['cpu_us_per_dora']:7.1f} us CPU/DORA"  # type: ignore[index]
         if kea and name != "kea" and kea["max_dora_per_s_1pct"]:
             line += f"; {r['max_dora_per_s_1pct'] / kea['max_dora_per_s_1pct']:.2f}x Kea's rate"  # type: ignore[operator]
             line += f", {r['fixed']['cpu_us_per_dora'] / kea['fixed']['cpu_us_per_dora']:.2f}x Kea's CPU"  # type: ignore[index]

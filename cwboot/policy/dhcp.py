@@ -33,7 +33,7 @@ an offer that has no address for a ProxyDHCP offer).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -448,10 +448,12 @@ class FastPath:
         impl = backend if backend is not None else codec
         self._build = impl.build_reply
         self._encode = impl.encode_options
-        self.responder = impl.FastResponder(
+        self.responder: codec.FastResponder = impl.FastResponder(
             policy.server_id, self._check, lookup if self._has_revision else None
         )
-        self.respond = self.responder.respond
+        self.respond: Callable[[bytes], tuple[bytes, tuple[str, int]] | None] = (
+            self.responder.respond
+        )
 
     def _check(self, owner: Any) -> bool:
         mac: str = owner[0]
@@ -484,15 +486,19 @@ class FastPath:
         if (template is None or template.node is not node or template.pool is not pool
                 or template.warnings):  # fmt: skip
             return False
-        blank = DhcpPacket(dhcp.BOOTREQUEST, 1, 6, 0, 0, 0, 0, _ZERO, _ZERO, _ZERO, _ZERO,
-                           bytes(dhcp.CHADDR_LEN), b"", b"", {}, dhcp.DHCPDISCOVER, "")  # fmt: skip
         options_list = list(template.lease_options)
-        offer = self._build(blank, dhcp.DHCPOFFER, _ZERO, template.yiaddr, self.policy.server_id,
+        offer = self._build(_BLANK_REQUEST, dhcp.DHCPOFFER, _ZERO, template.yiaddr, self.policy.server_id,
                             b"", template.file, options_list)  # fmt: skip
         end = dhcp.OFF_REPLY_TYPE + 1 + len(self._encode(options_list))
         self.responder.add(key, offer, end, template.yiaddr, template.kind in (PXE, HTTP),
                            (mac, node, pool), revision)  # fmt: skip
         return True
+
+
+# What FastPath.learn builds a template for: every field the fast path copies from the
+# request (xid, flags, ciaddr, giaddr, chaddr) zero.
+_BLANK_REQUEST = DhcpPacket(dhcp.BOOTREQUEST, 1, 6, 0, 0, 0, 0, _ZERO, _ZERO, _ZERO, _ZERO,
+                            bytes(dhcp.CHADDR_LEN), b"", b"", {}, dhcp.DHCPDISCOVER, "")  # fmt: skip
 
 
 def classify(options: dict[int, bytes]) -> tuple[str, int | None, str]:
@@ -517,4 +523,24 @@ def classify(options: dict[int, bytes]) -> tuple[str, int | None, str]:
 
 
 def _aton(address: str) -> bytes:
+    """Dotted quad -> 4 bytes; ValueError for anything ipaddress.IPv4Address refuses.
+
+    The common form (four ASCII decimal octets, no leading zeros, <= 255) is
+    converted here, several times faster than ipaddress; anything else goes to
+    ipaddress, which accepts or refuses it.
+    """
+    parts = address.split(".")
+    if len(parts) == 4:
+        octets = []
+        for part in parts:
+            if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()) or (
+                part[0] == "0" and len(part) > 1
+            ):
+                break
+            value = int(part)
+            if value > 255:
+                break
+            octets.append(value)
+        else:
+            return bytes(octets)
     return ipaddress.IPv4Address(address).packed

@@ -38,6 +38,7 @@ entries, and every client accepts a broadcast reply.
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import socket
 import struct
@@ -46,15 +47,33 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 
-from cwboot.policy.dhcp import BootPolicy, Enrol, NodeLookup, Reply, send_decision
+from cwboot.policy.dhcp import BootPolicy, Enrol, FastPath, NodeLookup, Reply, send_decision
 from cwboot.policy.token_bucket import TokenBucket
 from cwboot.protocol.dhcp import BadPacket, DhcpPacket, build_reply, parse_untrusted
+from cwboot.protocol.dhcp import _spec as dhcp_spec
+from cwboot.protocol.dhcp import backend as dhcp_backend
 
 log = logging.getLogger(__name__)
+
+# The receive loop: "native" (ext/dhcp_loop.pyx, built as cwboot.services._dhcp_loop_c:
+# recvmmsg/sendmmsg in batches of BATCH) when the codec backend is the Cython one and the
+# loop is built, else "python" (one recvfrom and one sendto per datagram).
+_loop_c: Any = None
+if dhcp_backend == "cython":
+    try:
+        _loop_c = importlib.import_module("cwboot.services._dhcp_loop_c")
+    except ImportError:
+        pass
+LOOP = "native" if _loop_c is not None else "python"
+BATCH = 32
+# Native loop only: under sustained traffic, wait this long after a batch so the next
+# recvmmsg takes several datagrams (see ext/dhcp_loop.pyx); 0 turns it off.
+HOLD = 0.001
 
 # Unknown MACs waiting for the enrol task; more are dropped (counted) until it catches up.
 ENROL_QUEUE = 1024
@@ -74,6 +93,8 @@ class DhcpStats:
     warnings: Counter[str] = field(default_factory=Counter)  # replied, but worth noting
     enrolled: int = 0
     enrol_failed: int = 0
+    # Of ``replied``, how many the fast path (compiled templates) answered.
+    fast: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +104,7 @@ class DhcpStats:
             "warnings": dict(self.warnings),
             "enrolled": self.enrolled,
             "enrol_failed": self.enrol_failed,
+            "fast": self.fast,
         }
 
 
@@ -98,6 +120,7 @@ class DhcpBound:
 
 
 _TYPE_NAMES = {2: "offer", 5: "ack", 6: "nak"}
+_REPLY_TYPE = dhcp_spec.OFF_REPLY_TYPE
 
 
 class DhcpResponder:
@@ -111,6 +134,7 @@ class DhcpResponder:
         *,
         enrol_limit: TokenBucket | None = None,
         now: Callable[[], float] = time.monotonic,
+        fast: bool = True,
     ) -> None:
         self.policy = policy
         self.lookup = lookup
@@ -121,10 +145,33 @@ class DhcpResponder:
         self.now = now
         # MACs for the enrol task (appended by the receive thread); None without an enrol callback.
         self.to_enrol: deque[str] | None = None
+        # The policy's answers compiled into templates (authoritative mode): the codec's
+        # one-call respond path tries them first; what it declines takes the full path.
+        self.fast: FastPath | None = FastPath(policy, lookup) if fast and not policy.proxy else None
+        self._fast_respond = self.fast.respond if self.fast is not None else None
 
     def respond(
         self, data: bytes, source: tuple[str, int], boot_server: bool
     ) -> tuple[bytes, tuple[str, int]] | None:
+        """One datagram: the fast path (compiled templates), else the full path; counted."""
+        fast = self._fast_respond
+        if fast is not None and not boot_server:
+            try:
+                out = fast(data)
+            except Exception:  # e.g. a broken cache entry: the full path counts it
+                out = None
+            if out is not None:
+                stats = self.stats
+                stats.received += 1
+                stats.replied[_TYPE_NAMES[out[0][_REPLY_TYPE]]] += 1
+                stats.fast += 1
+                return out
+        return self.respond_full(data, source, boot_server)
+
+    def respond_full(
+        self, data: bytes, source: tuple[str, int], boot_server: bool
+    ) -> tuple[bytes, tuple[str, int]] | None:
+        """parse -> decide -> build -> send_decision; every datagram counted."""
         stats = self.stats
         stats.received += 1
         try:
@@ -167,6 +214,11 @@ class DhcpResponder:
         )  # fmt: skip
         dest = send_decision(request, mtype, source, boot_server=boot_server)
         stats.replied[_TYPE_NAMES.get(mtype, str(mtype))] += 1
+        if self.fast is not None and not boot_server:
+            try:
+                self.fast.learn(request)  # the next such request takes the fast path
+            except Exception:  # the reply above stands; the fast path just stays cold
+                log.exception("dhcp: compiling a fast-path template for %s failed", request.mac)
         return reply, (dest.address, dest.port)
 
 
@@ -186,6 +238,32 @@ def _open_socket(address: str, port: int, interface: str, rcvbuf: int) -> socket
         sock.close()
         raise
     return sock
+
+
+def _serve_socket_native(
+    sock: socket.socket,
+    responder: DhcpResponder,
+    boot_server: bool,
+    notify_enrol: Callable[[], None] | None,
+    stop: threading.Event,
+    hold: float = HOLD,
+) -> None:
+    """The receive loop in C (ext/dhcp_loop.pyx): recvmmsg/sendmmsg batches, GIL released while blocked."""
+    assert _loop_c is not None
+    full = responder.respond_full
+
+    def respond_full(data: bytes, source: tuple[str, int]) -> tuple[bytes, tuple[str, int]] | None:
+        return full(data, source, boot_server)
+
+    def after_full() -> None:
+        if responder.to_enrol and notify_enrol is not None:
+            notify_enrol()
+
+    fast = None if boot_server else responder._fast_respond
+    _loop_c.serve(
+        sock.fileno(), fast, respond_full, responder.stats, stop, after_full, BATCH, MAX_DATAGRAM,
+        hold,
+    )
 
 
 def _serve_socket_blocking(
@@ -226,6 +304,7 @@ async def _serve_socket(
     responder: DhcpResponder,
     boot_server: bool,
     notify_enrol: Callable[[], None] | None,
+    hold: float = HOLD,
 ) -> None:
     """Run the receive loop in a worker thread until cancelled (then it stops within POLL_INTERVAL)."""
     stop = threading.Event()
@@ -253,15 +332,26 @@ async def _serve_socket(
         nursery.start_soon(stop_when_cancelled)
         # Its own limiter: this thread lives as long as the service and must not hold one of
         # the default limiter's tokens that other to_thread users (the etcd client) share.
-        await trio.to_thread.run_sync(
-            _serve_socket_blocking,
-            sock,
-            responder,
-            boot_server,
-            notify,
-            stop,
-            limiter=trio.CapacityLimiter(1),
-        )
+        if LOOP == "native":
+            await trio.to_thread.run_sync(
+                partial(_serve_socket_native, hold=hold),
+                sock,
+                responder,
+                boot_server,
+                notify,
+                stop,
+                limiter=trio.CapacityLimiter(1),
+            )
+        else:
+            await trio.to_thread.run_sync(
+                _serve_socket_blocking,
+                sock,
+                responder,
+                boot_server,
+                notify,
+                stop,
+                limiter=trio.CapacityLimiter(1),
+            )
 
 
 class _Enroller:
@@ -317,14 +407,23 @@ async def serve_dhcp(
     head_address: str,
     http_port: int,
     enrol: Callable[[str], Awaitable[Any]] | None = None,
+    fast: bool = True,
+    hold: float = HOLD,
     task_status: trio.TaskStatus[DhcpBound] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve DHCP (``config`` is a cwboot.config.DhcpConfig) until cancelled."""
+    """Serve DHCP (``config`` is a cwboot.config.DhcpConfig) until cancelled.
+
+    ``fast=False`` turns the compiled-template fast path off (every datagram takes
+    the full path; for comparisons); ``hold`` is the native loop's batching wait
+    (``HOLD``; 0: answer every datagram as soon as it is read).
+    """
     policy = BootPolicy.from_config(config, head_address=head_address, http_port=http_port)
     stats = DhcpStats()
     clock = trio.lowlevel.current_clock()
     limit = TokenBucket(config.enrol_rate, config.enrol_burst, clock.current_time())
-    responder = DhcpResponder(policy, lookup, stats, enrol_limit=limit, now=clock.current_time)
+    responder = DhcpResponder(
+        policy, lookup, stats, enrol_limit=limit, now=clock.current_time, fast=fast
+    )
     sockets = [_open_socket(config.listen, config.port, config.interface, config.rcvbuf_bytes)]
     try:
         if policy.proxy:
@@ -340,9 +439,9 @@ async def serve_dhcp(
                 nursery.start_soon(enroller.run)
                 notify = enroller.notify
             main = sockets[0]
-            nursery.start_soon(_serve_socket, main, responder, False, notify)
+            nursery.start_soon(_serve_socket, main, responder, False, notify, hold)
             if len(sockets) > 1:
-                nursery.start_soon(_serve_socket, sockets[1], responder, True, notify)
+                nursery.start_soon(_serve_socket, sockets[1], responder, True, notify, hold)
             address, port = main.getsockname()
             task_status.started(
                 DhcpBound(

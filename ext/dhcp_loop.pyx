@@ -1,0 +1,226 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The DHCP service's receive loop in C: recvmmsg / sendmmsg batches, the GIL released while blocked.
+
+Built as cwboot.services._dhcp_loop_c; cwboot/services/dhcp.py runs it in the
+receive thread when it is built (else its pure-Python loop, one recvfrom and
+one sendto per datagram, with the same results). It only moves datagrams: each
+one goes through ``respond_fast(data)`` (the codec's FastResponder.respond:
+compiled templates) and, when that declines, ``respond_full(data, source)``
+(the service's full path, which counts what it drops); both return
+``(reply, (address, port))`` or None.
+
+Per batch: one recvmmsg (blocks for the first datagram, without the GIL, up to
+the socket's SO_RCVTIMEO; takes up to ``batch`` that are already queued), the
+answers, one sendmmsg for all replies (a reply the kernel refuses is counted
+as ``"send failed: <errno>"`` and the rest still go), then the counters of the
+fast-path answers are added to ``stats`` once.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+import errno as errno_names
+
+from cwboot.protocol.dhcp import _spec
+
+cdef extern from "<sys/uio.h>":
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<netinet/in.h>":
+    struct in_addr:
+        unsigned int s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    unsigned short htons(unsigned short) nogil
+    unsigned short ntohs(unsigned short) nogil
+
+cdef extern from "<arpa/inet.h>":
+    int inet_pton(int af, const char* src, void* dst) nogil
+
+cdef extern from "<sys/socket.h>":
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    struct timespec:
+        pass
+    int AF_INET
+    int MSG_WAITFORONE
+    int recvmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags, timespec* timeout) nogil
+    int sendmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags) nogil
+
+cdef extern from "<time.h>":
+    struct timespec_t "timespec":
+        long tv_sec
+        long tv_nsec
+    int CLOCK_MONOTONIC
+    int clock_gettime(int clk, timespec_t* ts) nogil
+    int nanosleep(const timespec_t* req, timespec_t* rem) nogil
+
+
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec_t ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef Py_ssize_t OFF_REPLY_TYPE = _spec.OFF_REPLY_TYPE
+cdef int DHCPOFFER = _spec.DHCPOFFER
+cdef int DHCPACK = _spec.DHCPACK
+
+
+cdef str _errname(int e):
+    return errno_names.errorcode.get(e, str(e))
+
+
+cdef str _ntoa(unsigned int s_addr):
+    cdef const unsigned char* p = <const unsigned char*>&s_addr
+    return f"{p[0]}.{p[1]}.{p[2]}.{p[3]}"
+
+
+def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_t batch=32,
+          Py_ssize_t max_datagram=4096, double hold=0.0):
+    """Serve ``fd`` (a blocking UDP socket with SO_RCVTIMEO) until ``stop.is_set()``.
+
+    ``respond_fast`` may be None (every datagram takes the full path);
+    ``after_full()`` is called after a batch in which the full path ran (the
+    service wakes its enrol task there).
+
+    ``hold`` (seconds, 0: off): when datagrams keep coming (the previous batch
+    arrived less than ``hold`` before this one), sleep ``hold`` after answering
+    a batch so that the next recvmmsg takes several datagrams at once: one
+    wake-up and two system calls per batch instead of per datagram, for at most
+    ``hold`` of added latency. An idle server still answers its first datagram
+    at once.
+    """
+    cdef unsigned char* bufs = <unsigned char*>malloc(batch * max_datagram)
+    cdef mmsghdr* rmsgs = <mmsghdr*>malloc(batch * sizeof(mmsghdr))
+    cdef iovec* riov = <iovec*>malloc(batch * sizeof(iovec))
+    cdef sockaddr_in* rnames = <sockaddr_in*>malloc(batch * sizeof(sockaddr_in))
+    cdef mmsghdr* smsgs = <mmsghdr*>malloc(batch * sizeof(mmsghdr))
+    cdef iovec* siov = <iovec*>malloc(batch * sizeof(iovec))
+    cdef sockaddr_in* snames = <sockaddr_in*>malloc(batch * sizeof(sockaddr_in))
+    if not (bufs and rmsgs and riov and rnames and smsgs and siov and snames):
+        free(bufs); free(rmsgs); free(riov); free(rnames); free(smsgs); free(siov); free(snames)
+        raise MemoryError()
+    cdef Py_ssize_t i, k, sent, hits, offers, acks
+    cdef int n, r, e, port
+    cdef unsigned int addr = 0
+    cdef bint full_ran
+    cdef long long hold_ns = <long long>(hold * 1e9), t_prev = 0, t_now
+    cdef timespec_t nap
+    nap.tv_sec = hold_ns // 1000000000
+    nap.tv_nsec = hold_ns % 1000000000
+    cdef object data, out, reply, dest, last_dest = None, keep
+    cdef unsigned int last_addr = 0
+    cdef int last_port = 0
+    cdef bytes host
+    replied = stats.replied
+    try:
+        memset(rmsgs, 0, batch * sizeof(mmsghdr))
+        memset(smsgs, 0, batch * sizeof(mmsghdr))
+        for i in range(batch):
+            riov[i].iov_base = bufs + i * max_datagram
+            riov[i].iov_len = max_datagram
+            rmsgs[i].msg_hdr.msg_iov = &riov[i]
+            rmsgs[i].msg_hdr.msg_iovlen = 1
+            rmsgs[i].msg_hdr.msg_name = &rnames[i]
+            smsgs[i].msg_hdr.msg_iov = &siov[i]
+            smsgs[i].msg_hdr.msg_iovlen = 1
+            smsgs[i].msg_hdr.msg_name = &snames[i]
+            smsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+        while not stop.is_set():
+            for i in range(batch):
+                rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+                rmsgs[i].msg_hdr.msg_flags = 0
+            with nogil:
+                n = recvmmsg(fd, rmsgs, <unsigned int>batch, MSG_WAITFORONE, NULL)
+                e = errno
+            if n < 0:
+                if e != EAGAIN and e != EINTR:  # EAGAIN: SO_RCVTIMEO expired (EWOULDBLOCK on Linux)
+                    stats.dropped["receive failed: " + _errname(e)] += 1
+                continue
+            keep = []
+            k = hits = offers = acks = 0
+            full_ran = False
+            for i in range(n):
+                data = PyBytes_FromStringAndSize(<char*>bufs + i * max_datagram, rmsgs[i].msg_len)
+                out = None
+                if respond_fast is not None:
+                    try:
+                        out = respond_fast(data)
+                    except Exception:  # the full path counts whatever broke
+                        out = None
+                if out is not None:
+                    hits += 1
+                    r = (<const unsigned char*>PyBytes_AS_STRING(out[0]))[OFF_REPLY_TYPE]
+                    if r == DHCPOFFER:
+                        offers += 1
+                    elif r == DHCPACK:
+                        acks += 1
+                else:
+                    full_ran = True
+                    out = respond_full(
+                        data, (_ntoa(rnames[i].sin_addr.s_addr), ntohs(rnames[i].sin_port)))
+                    if out is None:
+                        continue
+                reply, dest = out
+                if dest is not last_dest:
+                    host = dest[0].encode("ascii")
+                    if inet_pton(AF_INET, host, &addr) != 1:
+                        stats.dropped["send failed: bad address"] += 1
+                        continue
+                    last_addr = addr
+                    last_port = dest[1]
+                    last_dest = dest
+                memset(&snames[k], 0, sizeof(sockaddr_in))
+                snames[k].sin_family = AF_INET
+                snames[k].sin_port = htons(<unsigned short>last_port)
+                snames[k].sin_addr.s_addr = last_addr
+                siov[k].iov_base = PyBytes_AS_STRING(reply)
+                siov[k].iov_len = PyBytes_GET_SIZE(reply)
+                keep.append(reply)
+                k += 1
+            sent = 0
+            while sent < k:
+                with nogil:
+                    r = sendmmsg(fd, smsgs + sent, <unsigned int>(k - sent), 0)
+                    e = errno
+                if r < 0:
+                    if e == EINTR:
+                        continue
+                    stats.dropped["send failed: " + _errname(e)] += 1
+                    sent += 1  # that one is lost; the next ones still go
+                else:
+                    sent += r
+            if hits:
+                stats.received += hits
+                stats.fast += hits
+                if offers:
+                    replied["offer"] += offers
+                if acks:
+                    replied["ack"] += acks
+            if full_ran:
+                after_full()
+            if hold_ns > 0:
+                t_now = _now_ns()
+                if t_now - t_prev < hold_ns:
+                    with nogil:
+                        nanosleep(&nap, NULL)
+                t_prev = t_now
+    finally:
+        free(bufs); free(rmsgs); free(riov); free(rnames); free(smsgs); free(siov); free(snames)
