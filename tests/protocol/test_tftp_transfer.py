@@ -7,8 +7,10 @@ time jumps straight to the next delivery or deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,6 +26,7 @@ from cwboot.protocol.tftp import (
     ReadClient,
     ReadRequest,
     ReadTransfer,
+    ResponseSource,
     State,
     build_ack,
     build_data,
@@ -49,6 +52,8 @@ class LossyLink:
     rng: random.Random = field(init=False)
     queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=lambda: {"to_client": 0, "to_server": 0})
+    # Every datagram handed to send(), with its time and direction.
+    log: list[tuple[float, str, bytes]] = field(default_factory=list)
     _seq: int = 0
 
     def __post_init__(self) -> None:
@@ -56,6 +61,7 @@ class LossyLink:
 
     def send(self, direction: str, datagrams: list[bytes], now: float) -> None:
         for datagram in datagrams:
+            self.log.append((now, direction, datagram))
             self.sent[direction] += 1
             copies = 2 if self.rng.random() < self.duplicate else 1
             for _ in range(copies):
@@ -74,6 +80,7 @@ def run(
     link: LossyLink | None = None,
     client_retries: int = 8,
     max_events: int = 2_000_000,
+    source: Callable[[bytes], ResponseSource] = BytesSource,
 ) -> tuple[ReadClient, ReadTransfer, LossyLink]:
     """Drive one client against one server transfer until both are finished (client dallies)."""
     link = link or LossyLink(seed=0)
@@ -98,7 +105,7 @@ def run(
                 # later copies of the RRQ are duplicates the service drops.
                 request = parse_packet_untrusted(datagram)
                 assert isinstance(request, ReadRequest)
-                server = ReadTransfer(request, BytesSource(content), limits=limits, now=now)
+                server = ReadTransfer(request, source(content), limits=limits, now=now)
                 link.send("to_client", server.start(now).datagrams, now)
             elif not isinstance(parse_packet_untrusted(datagram), ReadRequest):
                 link.send("to_client", server.receive_untrusted(datagram, now).datagrams, now)
@@ -137,6 +144,66 @@ def test_lossy_duplicating_reordering_link(seed: int, windowsize: str) -> None:
     assert bytes(client.data) == data
     assert server.outcome is Outcome.COMPLETED
     assert server.stats.retransmits > 0  # the link really lost something
+
+
+class StreamedSource:
+    """Not a BytesSource: the transfer reads it block by block (the path of FileSource)."""
+
+    def __init__(self, content: bytes) -> None:
+        self._inner = BytesSource(content)
+
+    def read(self, n: int) -> bytes:
+        return self._inner.read(n)
+
+    def size(self) -> int | None:
+        return self._inner.size()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "options", "loss"),
+    [
+        (0, None, 0.0),
+        (512 * 4, None, 0.0),
+        (100_000, {"blksize": "1432"}, 0.08),
+        (300_000, {"blksize": "1024", "windowsize": "16"}, 0.08),
+        (70_000 * 8 + 3, {"blksize": "8", "windowsize": "4"}, 0.001),
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_prebuilt_datagrams_send_exactly_what_reading_blocks_sends(
+    size: int, options: dict[str, str] | None, loss: float, seed: int
+) -> None:
+    """In-memory content goes out as shared prebuilt datagrams; a streamed source is read per block.
+
+    Same seeded lossy, duplicating, reordering link: every datagram either way
+    sends, at the same times, and the same statistics.
+    """
+    data = content_of(size, seed)
+    runs = []
+    for source in (BytesSource, StreamedSource):
+        link = LossyLink(seed=seed, loss=loss, duplicate=loss, delay=0.005, jitter=0.02)
+        client, server, link = run(data, options=options, link=link, source=source)
+        assert bytes(client.data) == data and server.outcome is Outcome.COMPLETED
+        runs.append((link.log, dataclasses.asdict(server.stats)))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1] == runs[1][1]
+
+
+def test_transfers_of_one_content_share_its_datagrams() -> None:
+    content = BytesSource(content_of(5000)).content
+    one, two = (
+        ReadTransfer(ReadRequest("f", "octet", {"blksize": "1000"}), BytesSource(content), limits=Limits(), now=0.0)
+        for _ in range(2)
+    )
+    one.start(0.0)
+    two.start(0.0)
+    first = one.receive_untrusted(build_ack(0), 0.1).datagrams
+    assert first == [build_data(1, content.data[:1000])]
+    assert first[0] is two.receive_untrusted(build_ack(0), 0.1).datagrams[0]
+    assert len(content.datagrams(1000)) == 6 and content.datagrams(1000)[-1] == build_data(6, b"")
 
 
 @pytest.mark.parametrize("windowsize", ["1", "8"])

@@ -374,3 +374,99 @@ async def test_max_queued_0_drops_every_request_over_the_total_cap(root: Path) -
         later = await fetch_tftp(LOCALHOST, server.port, "small", bind="127.0.0.3", timeout=1.0)
     assert later.ok and later.retransmits == 1
     assert server.stats.drops["queue_full"] == 2 and server.stats.queued == 0
+
+
+async def listen_until_silent(sock: trio.socket.SocketType, quiet: float) -> list[tuple[float, bytes]]:
+    """(time, datagram) of everything arriving on ``sock`` until ``quiet`` seconds pass without any."""
+    got: list[tuple[float, bytes]] = []
+    while True:
+        with trio.move_on_after(quiet):
+            data, _ = await sock.recvfrom(70000)
+            got.append((trio.current_time(), data))
+            continue
+        return got
+
+
+@mock_clock_test
+async def test_retransmission_timers_of_concurrent_transfers_follow_trio_clock(root: Path) -> None:
+    # Two transfers nobody ACKs: A (timeout option 3 s) starts first, B (1 s) half a
+    # second later and is due first. Each retransmits on its own schedule (the
+    # interval doubles per timeout up to 4x), then gives up with an ERROR.
+    async with running(root, timeout=1.0, retries=3) as server:
+        with udp() as a, udp() as b:
+            await a.bind(("127.0.0.2", 0))
+            await b.bind(("127.0.0.3", 0))
+            heard: dict[str, list[tuple[float, bytes]]] = {}
+
+            async def listen(name: str, sock: trio.socket.SocketType) -> None:
+                heard[name] = await listen_until_silent(sock, 30)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(listen, "a", a)
+                nursery.start_soon(listen, "b", b)
+                started = trio.current_time()
+                await a.sendto(build_request("small", options={"timeout": "3"}), (LOCALHOST, server.port))
+                await trio.sleep(0.5)
+                await b.sendto(build_request("small"), (LOCALHOST, server.port))
+    times_a = [round(t - started, 6) for t, _ in heard["a"]]
+    times_b = [round(t - started, 6) for t, _ in heard["b"]]
+    assert times_a == [0, 3, 9, 21, 33]  # OACK, 3 retransmissions (6 s, 12 s, 12 s), ERROR
+    assert times_b == [0.5, 1.5, 3.5, 7.5, 11.5]  # DATA 1, retransmitted after 1, 2, 4 s, ERROR
+    assert [parse_packet_untrusted(d) for _, d in heard["a"][:4]] == [OptionAck({"timeout": "3"})] * 4
+    assert [parse_packet_untrusted(d) for _, d in heard["b"][:4]] == [Data(1, b"small file\n")] * 4
+    for name in "ab":
+        final = parse_packet_untrusted(heard[name][-1][1])
+        assert isinstance(final, Error) and "timed out" in final.message
+    assert server.stats.outcomes == {"timed_out": 2} and server.stats.retransmits == 6
+
+
+class FullBufferSocket(socket.socket):
+    """A UDP socket whose send buffer is 'full' (EAGAIN) on every third sendto."""
+
+    calls = 0
+
+    def sendto(self, *args: Any) -> int:  # type: ignore[override]
+        FullBufferSocket.calls += 1
+        if FullBufferSocket.calls % 3 == 0:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().sendto(*args)
+
+
+@trio_test
+async def test_a_full_socket_buffer_delays_the_window_in_order(root: Path) -> None:
+    """A datagram the socket has no room for waits, in order, until the socket is writable."""
+    from cwboot.protocol.tftp import Limits, ReadTransfer, parse_request_untrusted
+    from cwboot.services.tftp import _Service
+
+    service = _Service(TftpConfig(listen=LOCALHOST, port=0), root, None, {})
+    content = (root / "kernel").read_bytes()
+    with udp() as listener, FullBufferSocket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        await listener.bind((LOCALHOST, 0))
+        sock.setblocking(False)
+        sock.bind((LOCALHOST, 0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.pump.run)
+            nursery.start_soon(service.pump.run_timers)
+            options = {"blksize": "1400", "windowsize": "16"}
+            fetching = trio.Event()
+            results = []
+
+            async def fetch() -> None:
+                fetching.set()
+                results.append(await fetch_tftp(LOCALHOST, listener.getsockname()[1], "kernel", options=options))
+
+            nursery.start_soon(fetch)
+            await fetching.wait()
+            rrq, peer = await listener.recvfrom(2000)
+            source = service.open_source_untrusted(parse_request_untrusted(rrq), peer)
+            transfer = ReadTransfer(parse_request_untrusted(rrq), source, limits=Limits(), now=trio.current_time())
+            await service.pump.serve(sock, transfer, peer)
+            with trio.fail_after(5):
+                while not results:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        service.pump.close()
+    (result,) = results
+    assert result.ok and result.data == content
+    assert transfer.stats.retransmits == 0 and not service.stats.drops
+    assert FullBufferSocket.calls > transfer.stats.packets_sent  # some sends really waited
