@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_tftp.py [--size-mib 4] [--repeat 3] [--windows 1,16,64]
         [--servers cwboot,in.tftpd,dnsmasq] [--load 500] [--load-mib 1] [--loss 0]
+        [--load-servers cwboot,dnsmasq]
 
 Two network namespaces joined by a veth pair (tests/services/tftp_netns.py);
 each server in turn listens on 10.98.0.1:69 pinned to CPU 0 (``taskset -c 0``),
@@ -20,7 +21,12 @@ clients run in the other namespace pinned to CPU 1.
     no windowsize) and windowsize 16. Reported: completed, failed (a client
     gave up: timeout or error), client retransmissions, wall time, aggregate
     MiB/s, the server's own counters and its CPU time (utime + stime from
-    /proc/PID/stat) per DATA packet sent.
+    /proc/PID/stat) per DATA packet sent. The same lockstep load runs against
+    each of ``--load-servers`` (dnsmasq: no windowsize, no counters, so its
+    packet count is computed from the file size: one OACK and size // blksize + 1
+    DATA per completed fetch, retransmissions not included). in.tftpd is not
+    measured by default: it forks a child per transfer and its children's CPU
+    time does not reach its own counters (they are not reaped into them).
 """
 
 from __future__ import annotations
@@ -74,9 +80,9 @@ def start_server(net: TftpNetns, kind: str, root: Path) -> tuple[subprocess.Pope
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (ip netns exec and taskset exec into the server: same PID)."""
+    """utime + stime of a process, and of its children it reaped (ip netns exec and taskset exec into the server: same PID)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_server(net: TftpNetns, proc: subprocess.Popen[str], kind: str) -> dict[str, Any]:
@@ -165,6 +171,8 @@ def main() -> None:
     parser.add_argument("--servers", default="cwboot,in.tftpd,dnsmasq")
     parser.add_argument("--load", type=int, default=500, help="concurrent fetches (0 = skip)")
     parser.add_argument("--load-mib", type=float, default=1)
+    parser.add_argument("--load-servers", default="cwboot,dnsmasq",
+                        help="servers under the lockstep load (windowsize 16: cwboot only)")  # fmt: skip
     parser.add_argument("--loss", type=float, default=0, help="percent loss toward the client during (a) and (b)")
     parser.add_argument("--load-client", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,15 +219,21 @@ def main() -> None:
         if args.load:
             addresses = add_client_addresses(net, args.load)
             digest_load = hashlib.sha256(load_file).hexdigest()
-            for options in ({"blksize": "1468"}, {"blksize": "1468", "windowsize": "16"}):
-                proc, _ = start_server(net, "cwboot", root)
+            runs = [(kind, {"blksize": "1468"}) for kind in args.load_servers.split(",")]
+            if "cwboot" in args.load_servers.split(","):
+                runs.append(("cwboot", {"blksize": "1468", "windowsize": "16"}))
+            for kind, options in runs:
+                proc, _ = start_server(net, kind, root)
                 try:
                     row = run_load(net, addresses, "load", digest_load, options)
                 finally:
-                    server_stats = stop_server(net, proc, "cwboot")
+                    server_stats = stop_server(net, proc, kind)
+                row["kind"] = kind
                 row["options"] = options
                 row["server"] = {k: server_stats.get(k) for k in ("outcomes", "drops", "retransmits", "packets_sent", "cpu_seconds")}
-                row["server"]["cpu_us_per_packet_sent"] = round(1e6 * server_stats["cpu_seconds"] / server_stats["packets_sent"], 1)
+                if kind != "cwboot":  # no counters: what a loss-free run sends
+                    row["server"]["packets_sent"] = row["completed"] * (len(load_file) // int(options["blksize"]) + 2)
+                row["server"]["cpu_us_per_packet_sent"] = round(1e6 * server_stats["cpu_seconds"] / row["server"]["packets_sent"], 1)
                 report["load"].append(row)
                 print(json.dumps(row), file=sys.stderr)
     print(json.dumps(report, indent=1))
