@@ -216,12 +216,26 @@ def stop_server(server: subprocess.Popen[bytes], name: str = "") -> None:
     server.wait(timeout=10)
 
 
+def rcvbuf_errors(pair: NetnsPair, side: str) -> int:
+    """UDP datagrams the kernel dropped in ``side``'s namespace because a socket buffer was full
+    (perfdhcp's on the client side: where the drops of a loaded client core show up)."""
+    out = subprocess.run([*pair.exec_prefix(side), "nstat", "-az", "UdpRcvbufErrors"],
+                         capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    for line in out.splitlines():
+        if line.startswith("UdpRcvbufErrors"):
+            return int(line.split()[1])
+    return 0
+
+
 def measure(name: str, pair: NetnsPair, rate: int, seconds: int, enrol: bool) -> dict[str, float]:
     """One perfdhcp run against a fresh server, with the server's CPU time per completed DORA."""
     server = start_server(name, pair, enrol)
     try:
         before = cpu_seconds(server.pid)
+        buffers = {side: rcvbuf_errors(pair, side) for side in ("client", "server")}
         result = run_perfdhcp(pair, rate, seconds)
+        for side, count in buffers.items():
+            result[f"{side}_rcvbuf_errors"] = rcvbuf_errors(pair, side) - count
         result["cpu_us_per_dora"] = (
             (cpu_seconds(server.pid) - before) * 1e6 / max(result["acks"], 1)
         )
@@ -234,12 +248,13 @@ def measure(name: str, pair: NetnsPair, rate: int, seconds: int, enrol: bool) ->
 
 
 def server_note(result: dict[str, object]) -> str:
-    """cwboot's own counters: replies by the fast path, drops by reason."""
+    """Full socket buffers on each side; cwboot's own counters: replies by the fast path, drops by reason."""
+    note = f" [rcvbuf drops: client {result.get('client_rcvbuf_errors')}, server {result.get('server_rcvbuf_errors')}]"
     stats = result.get("server_stats")
     if not isinstance(stats, dict):
-        return ""
+        return note
     replied = sum(stats["replied"].values())
-    return f" [cwboot: {stats['received']} received, {replied} replied, {stats.get('fast', 0)} by the fast path, dropped {stats['dropped']}]"
+    return note + f" [cwboot: {stats['received']} received, {replied} replied, {stats.get('fast', 0)} by the fast path, dropped {stats['dropped']}]"
 
 
 def bench_server(

@@ -101,8 +101,9 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     service wakes its enrol task there).
 
     ``hold`` (seconds, 0: off): when datagrams keep coming (the previous batch
-    arrived less than ``hold`` before this one), sleep ``hold`` after answering
-    a batch so that the next recvmmsg takes several datagrams at once: one
+    arrived less than 2 x ``hold`` before this one) and the batch was not full,
+    sleep ``hold`` after answering it so that the next recvmmsg takes several
+    datagrams at once: one
     wake-up and two system calls per batch instead of per datagram, for at most
     ``hold`` of added latency. An idle server still answers its first datagram
     at once.
@@ -120,7 +121,7 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     cdef Py_ssize_t i, k, sent, hits, offers, acks
     cdef int n, r, e, port
     cdef unsigned int addr = 0
-    cdef bint full_ran
+    cdef bint full_ran, busy
     cdef long long hold_ns = <long long>(hold * 1e9), t_prev = 0, t_now
     cdef timespec_t nap
     nap.tv_sec = hold_ns // 1000000000
@@ -154,6 +155,13 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                 if e != EAGAIN and e != EINTR:  # EAGAIN: SO_RCVTIMEO expired (EWOULDBLOCK on Linux)
                     stats.dropped["receive failed: " + _errname(e)] += 1
                 continue
+            busy = False
+            if hold_ns > 0:
+                # Sustained traffic: this batch came less than 2 x hold after the previous one
+                # (which, if it was held, came about one hold after the one before).
+                t_now = _now_ns()
+                busy = t_now - t_prev < 2 * hold_ns
+                t_prev = t_now
             keep = []
             k = hits = offers = acks = 0
             full_ran = False
@@ -216,11 +224,8 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                     replied["ack"] += acks
             if full_ran:
                 after_full()
-            if hold_ns > 0:
-                t_now = _now_ns()
-                if t_now - t_prev < hold_ns:
-                    with nogil:
-                        nanosleep(&nap, NULL)
-                t_prev = t_now
+            if busy and n < batch:  # a full batch: more are queued, read them now
+                with nogil:
+                    nanosleep(&nap, NULL)
     finally:
         free(bufs); free(rmsgs); free(riov); free(rnames); free(smsgs); free(siov); free(snames)
