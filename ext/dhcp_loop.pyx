@@ -92,8 +92,26 @@ cdef str _ntoa(unsigned int s_addr):
     return f"{p[0]}.{p[1]}.{p[2]}.{p[3]}"
 
 
+cdef int _flush(int fd, mmsghdr* smsgs, Py_ssize_t k, stats) except -1:
+    """Send the k prepared replies with sendmmsg; one the kernel refuses is counted, the rest still go."""
+    cdef Py_ssize_t sent = 0
+    cdef int r, e
+    while sent < k:
+        with nogil:
+            r = sendmmsg(fd, smsgs + sent, <unsigned int>(k - sent), 0)
+            e = errno
+        if r < 0:
+            if e == EINTR:
+                continue
+            stats.dropped["send failed: " + _errname(e)] += 1
+            sent += 1  # that one is lost; the next ones still go
+        else:
+            sent += r
+    return 0
+
+
 def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_t batch=32,
-          Py_ssize_t max_datagram=4096, double hold=0.0):
+          Py_ssize_t max_datagram=4096, double hold=0.0, Py_ssize_t flush_every=0):
     """Serve ``fd`` (a blocking UDP socket with SO_RCVTIMEO) until ``stop.is_set()``.
 
     ``respond_fast`` may be None (every datagram takes the full path);
@@ -118,7 +136,7 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     if not (bufs and rmsgs and riov and rnames and smsgs and siov and snames):
         free(bufs); free(rmsgs); free(riov); free(rnames); free(smsgs); free(siov); free(snames)
         raise MemoryError()
-    cdef Py_ssize_t i, k, sent, hits, offers, acks
+    cdef Py_ssize_t i, k, hits, offers, acks
     cdef int n, r, e, port
     cdef unsigned int addr = 0
     cdef bint full_ran, busy
@@ -203,18 +221,11 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                 siov[k].iov_len = PyBytes_GET_SIZE(reply)
                 keep.append(reply)
                 k += 1
-            sent = 0
-            while sent < k:
-                with nogil:
-                    r = sendmmsg(fd, smsgs + sent, <unsigned int>(k - sent), 0)
-                    e = errno
-                if r < 0:
-                    if e == EINTR:
-                        continue
-                    stats.dropped["send failed: " + _errname(e)] += 1
-                    sent += 1  # that one is lost; the next ones still go
-                else:
-                    sent += r
+                if k == flush_every:
+                    _flush(fd, smsgs, k, stats)
+                    k = 0
+                    keep = []
+            _flush(fd, smsgs, k, stats)
             if hits:
                 stats.received += hits
                 stats.fast += hits
