@@ -1,6 +1,6 @@
 """The HTTP boot engine: iPXE scripts, kernels, initramfs files and root filesystems, on trio.
 
-Machinery: h11 parses requests and writes response heads; bulk bodies go out
+Machinery: cwboot.protocol.http1 parses requests and writes response heads; bulk bodies go out
 with ``os.sendfile`` straight from the stored files to the socket (zero
 user-space copies; stored zstd frames are sent as they are, never
 recompressed). The head goes out with ``MSG_MORE`` so the kernel packs it
@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import socket as _socket
+import stat
 import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -50,15 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import h11
 import trio
 import xxhash
 
 from cwboot.config import Config
 from cwboot.control.objects import InvalidObject, normalize_mac
-from cwboot.protocol import http_range, ipxe
+from cwboot.protocol import http1, http_range, ipxe
 from cwboot.protocol.manifest import Manifest
-from cwboot.services.sendfile_worker import SendfileWorkers, jobs_of
+from cwboot.services.sendfile_worker import Binding, SendfileWorkers, jobs_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may wait for its next req
 SEND_STALL_TIMEOUT = 60.0  # seconds a client may leave its receive window closed
 MAX_STATUS_BODY = 8192
 MAX_PENDING_REPORTS = 1024
+MAX_CHUNK_PATHS = 1 << 16
 RETRY_AFTER = 2
 _SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -119,7 +120,7 @@ class HttpServer:
 class _FileBody:
     """A static file sent with sendfile."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: str | Path, size: int) -> None:
         self.path = path
         self.size = size
 
@@ -147,16 +148,6 @@ class _Reply:
     body: bytes | _FileBody = b""
     etag: bytes | None = None
     bulk: bool = False  # counts against max_streams
-
-
-class _SendfileLength:
-    """h11's sendfile hook: a Data payload that only carries a length."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def _reason(status: int) -> bytes:
@@ -199,6 +190,11 @@ class _Engine:
         # trio's Semaphore wakes waiters in FIFO order: no node starves.
         self.stream_slots = trio.Semaphore(max(config.http.max_streams, 0))
         self._etags: dict[tuple[str, str], tuple[Manifest, bytes]] = {}
+        self._chunk_paths: dict[str, str] = {}  # chunk id -> its file (existence is checked per request)
+        self.idle_timeout = IDLE_TIMEOUT
+        # Connections waiting for a request (head or body): since when, and what a timeout is called.
+        # One sweeper enforces the timeout: a cancel scope per request was a visible share of the loop.
+        self.waiting: dict[_Connection, float] = {}
         self.reports: trio.MemorySendChannel[tuple[str, dict[str, str]]]
         self.reports_rx: trio.MemoryReceiveChannel[tuple[str, dict[str, str]]]
         self.reports, self.reports_rx = trio.open_memory_channel(MAX_PENDING_REPORTS)
@@ -217,7 +213,7 @@ class _Engine:
             # first waiter): take it without the cost of a cancel scope, FIFO order intact.
             slots.acquire_nowait()
         except trio.WouldBlock:
-            with trio.move_on_after(self.max_wait):
+            with trio.CancelScope(deadline=trio.current_time() + self.max_wait):
                 await slots.acquire()
                 self.stats.active_streams += 1
                 return None
@@ -228,6 +224,15 @@ class _Engine:
     def release(self) -> None:
         self.stats.active_streams -= 1
         self.stream_slots.release()
+
+    async def sweep_idle(self) -> None:
+        """Cut the connections that waited longer than ``idle_timeout`` for their request."""
+        while True:
+            await trio.sleep(max(self.idle_timeout / 8, 0.01))
+            deadline = trio.current_time() - self.idle_timeout
+            for conn in [c for c, since in self.waiting.items() if since <= deadline]:
+                del self.waiting[conn]
+                conn.scope.cancel()
 
     # -- routing (pure with respect to the socket)
 
@@ -255,8 +260,17 @@ class _Engine:
             case ["images", name, version, ("stream" | "manifest" | "manifest.txt") as what]:
                 return self._image(name, version, what)
             case ["chunks", cid]:
-                found = self.images.chunk_path(cid)
-                reply = self._file(found, b"application/zstd", etag_id=cid)
+                # The storm's hot path: the id's path is remembered, so a request costs one stat.
+                cpath = self._chunk_paths.get(cid)
+                if cpath is None:
+                    cpath = self.images.chunk_fspath(cid)
+                    if cpath is not None:
+                        if len(self._chunk_paths) >= MAX_CHUNK_PATHS:
+                            self._chunk_paths.clear()
+                        self._chunk_paths[cid] = cpath
+                reply = self._file(cpath, b"application/zstd", etag_id=cid)
+                if reply.status == 404:
+                    self._chunk_paths.pop(cid, None)  # quarantined or removed since
                 reply.bulk = True
                 return reply
         return _text(404, "not found\n")
@@ -304,14 +318,14 @@ class _Engine:
             script.encode(),
         )
 
-    def _file(self, path: Path | None, ctype: bytes, *, etag_id: str = "") -> _Reply:
+    def _file(self, path: str | Path | None, ctype: bytes, *, etag_id: str = "") -> _Reply:
         if path is None:
             return _text(404, "not found\n")
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             return _text(404, "not found\n")
-        if not os.path.isfile(path):
+        if not stat.S_ISREG(st.st_mode):
             return _text(404, "not found\n")
         etag = f'"{etag_id or f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"}"'.encode()
         return _Reply(200, [(b"content-type", ctype)], _FileBody(path, st.st_size), etag)
@@ -393,17 +407,23 @@ def _status_fields_untrusted(body: bytes, ctype: bytes) -> dict[str, str]:
 class _Connection:
     def __init__(self, engine: _Engine, raw: _socket.socket) -> None:
         self.engine = engine
-        self.raw = raw  # non-blocking; _sendall writes to it directly
+        self.raw = raw  # non-blocking; read and written directly, trio only waits for readiness
         self.sock = trio.socket.from_stdlib_socket(raw)
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        self.buf = bytearray()  # bytes received and not yet parsed
+        self.binding: Binding | None = None  # its sendfile worker, once it sent a body through one
+        self.scope = trio.CancelScope()  # cancelled by the engine's idle sweeper
+        self.waiting_for = ""  # the drop reason if that happens
 
-    async def _next_event(self) -> Any:
+    async def _recv(self) -> bool:
+        """More bytes into ``buf``; False at end of file. Raises trio.Cancelled at a deadline."""
         while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await self.sock.recv(65536)
-            self.h11.receive_data(data)
+            try:
+                data = self.raw.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.raw)
+                continue
+            self.buf += data
+            return bool(data)
 
     async def _sendall(self, data: bytes | memoryview, flags: int = 0) -> None:
         # Straight to the non-blocking socket: a response head or a small body nearly
@@ -420,50 +440,89 @@ class _Connection:
             view = view[sent:]
             self.engine.stats.bytes_sent += sent
 
+    async def _read_head(self) -> http1.RequestHead | None:
+        """The next request head (None: the client closed); the idle sweeper bounds the wait."""
+        parsed = http1.parse_head_untrusted(self.buf)
+        if parsed is None:
+            waiting = self.engine.waiting
+            waiting[self] = trio.current_time()
+            self.waiting_for = "idle keep-alive timeout"
+            try:
+                while parsed is None:
+                    if not await self._recv():
+                        if self.buf.strip():
+                            self.engine.stats.drops["incomplete request"] += 1
+                        return None
+                    parsed = http1.parse_head_untrusted(self.buf)
+            finally:
+                waiting.pop(self, None)
+        else:  # pipelined: it was already here; let the other connections run first
+            await trio.lowlevel.checkpoint()
+        assert parsed is not None
+        request, used = parsed
+        del self.buf[:used]
+        return request
+
+    async def _read_body(self, request: http1.RequestHead) -> bytes | None:
+        """The request's body (None: the client went away or was too slow, counted)."""
+        if not request.chunked and request.content_length > MAX_STATUS_BODY:
+            raise http1.BadRequest("request body too large", 413)
+        waiting = self.engine.waiting
+        waiting[self] = trio.current_time()
+        self.waiting_for = "slow request body"
+        try:
+            if request.chunked:
+                while (got := http1.parse_chunked_untrusted(self.buf, MAX_STATUS_BODY)) is None:
+                    if not await self._recv():
+                        return None
+                body, used = got
+                del self.buf[:used]
+                return body
+            while len(self.buf) < request.content_length:
+                if not await self._recv():
+                    return None
+            body = bytes(self.buf[: request.content_length])
+            del self.buf[: request.content_length]
+            return body
+        finally:
+            waiting.pop(self, None)
+
     async def run(self) -> None:
+        try:
+            with self.scope:
+                await self._serve()
+            if self.scope.cancelled_caught:
+                self.engine.stats.drops[self.waiting_for] += 1
+        finally:  # counted first: a client that sees the close sees the counter too
+            if self.binding is not None and self.engine.sendfile_workers is not None:
+                self.engine.sendfile_workers.release(self.binding)
+            self.sock.close()
+
+    async def _serve(self) -> None:
         stats = self.engine.stats
+        request: http1.RequestHead | None = None
         try:
             while True:
-                # CancelScope(deadline=...) is move_on_after without contextlib's generator
-                # (per request, in a storm's hot loop).
-                with trio.CancelScope(deadline=trio.current_time() + IDLE_TIMEOUT) as idle:
-                    event = await self._next_event()
-                if idle.cancelled_caught:
-                    stats.drops["idle keep-alive timeout"] += 1
+                request = await self._read_head()
+                if request is None:
                     return
-                if isinstance(event, h11.ConnectionClosed):
-                    return
-                assert isinstance(event, h11.Request)
-                body = bytearray()
-                ev = self.h11.next_event()
-                if not isinstance(ev, h11.EndOfMessage):  # a body to read: bounded in time
-                    with trio.CancelScope(deadline=trio.current_time() + IDLE_TIMEOUT) as slow:
-                        while True:
-                            if ev is h11.NEED_DATA:
-                                ev = await self._next_event()
-                            if isinstance(ev, h11.EndOfMessage):
-                                break
-                            if isinstance(ev, h11.ConnectionClosed):
-                                return
-                            assert isinstance(ev, h11.Data)  # h11: a request's body is Data events
-                            body += ev.data
-                            if len(body) > MAX_STATUS_BODY:
-                                stats.drops["request body too large"] += 1
-                                await self._send_simple(_text(413, "too large\n"), event)
-                                return
-                            ev = self.h11.next_event()
-                    if slow.cancelled_caught:
-                        stats.drops["slow request body"] += 1
+                body = b""
+                if request.content_length or request.chunked:
+                    got = await self._read_body(request)
+                    if got is None:
                         return
-                await self._respond(event, bytes(body))
-                if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+                    body = got
+                await self._respond(request, body)
+                if not request.keep_alive:
                     return
-                self.h11.start_next_cycle()
-        except h11.RemoteProtocolError:
-            stats.drops["malformed request"] += 1
+        except http1.BadRequest as exc:
+            if exc.status == 413:
+                stats.drops["request body too large"] += 1
+            else:
+                stats.drops["malformed request"] += 1
             try:
-                await self._send_simple(_text(400, "bad request\n"), None)
-            except (OSError, h11.LocalProtocolError, trio.TooSlowError):
+                await self._send_simple(_text(exc.status, f"{exc}\n"), request)
+            except (OSError, trio.TooSlowError):
                 pass
         except trio.TooSlowError:
             stats.drops["send stalled (client stopped reading)"] += 1
@@ -472,33 +531,26 @@ class _Connection:
         except Exception:  # a bug must cost one connection, never the engine
             stats.drops["internal error"] += 1
             log.exception("HTTP connection failed")
-        finally:
-            self.sock.close()
 
-    async def _send_simple(self, reply: _Reply, request: h11.Request | None) -> None:
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
+    async def _send_simple(self, reply: _Reply, request: http1.RequestHead | None) -> None:
+        """An error answer, then the connection closes."""
         assert isinstance(reply.body, bytes)
+        self.engine.stats.responses[reply.status] += 1
         head = [
+            (b"server", b"cwboot"),
             *reply.headers,
-            (b"content-length", str(len(reply.body)).encode()),
+            (b"content-length", b"%d" % len(reply.body)),
             (b"connection", b"close"),
         ]
-        await self._sendall(
-            self.h11.send(
-                h11.Response(status_code=reply.status, headers=head, reason=_reason(reply.status))
-            )
-            or b""
-        )
+        data = http1.response_head(reply.status, _reason(reply.status), head)
         if request is None or request.method != b"HEAD":
-            await self._sendall(self.h11.send(h11.Data(data=reply.body)) or b"")
-        await self._sendall(self.h11.send(h11.EndOfMessage()) or b"")
+            data += reply.body
+        await self._sendall(data)
 
-    async def _respond(self, request: h11.Request, body: bytes) -> None:
+    async def _respond(self, request: http1.RequestHead, body: bytes) -> None:
         engine = self.engine
         engine.stats.requests += 1
-        headers = {k.lower(): v for k, v in request.headers}
-        reply = engine.route(request.method, request.target, body, headers)
+        reply = engine.route(request.method, request.target, body, request.headers)
         admitted = False
         if reply.bulk and reply.status == 200:
             refusal = await engine.admit()
@@ -509,15 +561,14 @@ class _Connection:
                 reply = _text(503, "busy, retry later\n")
                 reply.headers.append((b"retry-after", str(RETRY_AFTER).encode()))
         try:
-            await self._send_reply(request, headers, reply)
+            await self._send_reply(request, reply)
         finally:
             if admitted:
                 engine.release()
 
-    async def _send_reply(
-        self, request: h11.Request, headers: dict[bytes, bytes], reply: _Reply
-    ) -> None:
+    async def _send_reply(self, request: http1.RequestHead, reply: _Reply) -> None:
         engine = self.engine
+        headers = request.headers
         out = [(b"server", b"cwboot"), *reply.headers]
         start, stop = 0, 0
         status = reply.status
@@ -537,21 +588,20 @@ class _Connection:
             stop = size
         if status in (304, 416):
             start = stop = 0
-        out.append((b"content-length", str(stop - start).encode()))
+        if status != 304:  # a 304 has no body and so no length of its own (RFC 9110 §8.6)
+            out.append((b"content-length", b"%d" % (stop - start)))
+        if not request.keep_alive:
+            out.append((b"connection", b"close"))
         engine.stats.responses[status] += 1
-        head = (
-            self.h11.send(h11.Response(status_code=status, headers=out, reason=_reason(status)))
-            or b""
-        )
+        head = http1.response_head(status, _reason(status), out)
         send_body = request.method != b"HEAD" and stop > start
+        if send_body and not isinstance(body, _FileBody):
+            await self._sendall(head + body[start:stop])
+            return
         await self._sendall(head, _socket.MSG_MORE if send_body else 0)
         if send_body:
-            if isinstance(body, _FileBody):
-                self.h11.send_with_data_passthrough(h11.Data(data=_SendfileLength(stop - start)))  # type: ignore[arg-type]
-                await self._sendfile_body(body, start, stop)
-            else:
-                await self._sendall(self.h11.send(h11.Data(data=body[start:stop])) or b"")
-        self.h11.send(h11.EndOfMessage())
+            assert isinstance(body, _FileBody)
+            await self._sendfile_body(body, start, stop)
 
     async def _sendfile_body(self, body: _FileBody, start: int, stop: int) -> None:
         if self.engine.sendfile_workers is not None:
@@ -611,8 +661,10 @@ class _Connection:
                 missing = True
                 break
             pieces.append((os.fspath(path), offset, length))
+        if self.binding is None:
+            self.binding = workers.bind(self.sock)
         for job in jobs_of(pieces):
-            sent, outcome = await workers.send(self.sock, job, self.engine.send_stall_timeout)
+            sent, outcome = await workers.send(self.binding, job, self.engine.send_stall_timeout)
             stats.bytes_sent += sent
             if outcome == "missing":  # vanished after the list was made
                 missing = True
@@ -670,17 +722,20 @@ async def serve_http(
     loader_dir: Path = DEFAULT_LOADER_DIR,
     bulk_threads: int = 0,
     send_stall_timeout: float = SEND_STALL_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``task_status.started(HttpServer)`` once bound (port 0 -> real port).
 
     ``send_stall_timeout``: seconds a client may leave its receive window closed before
-    its connection is cut (counted). ``config.http.sendfile_workers`` > 0 sends bulk
+    its connection is cut (counted); ``idle_timeout``: seconds a connection may take to send
+    its next request (head and body), then it is cut (counted). ``config.http.sendfile_workers`` > 0 sends bulk
     bodies from that many worker processes (cwboot.services.sendfile_worker).
     """
     engine = _Engine(
         config, lookup, image_store, heads, report_status, loader_dir, send_stall_timeout
     )
+    engine.idle_timeout = idle_timeout
     if bulk_threads:
         engine.bulk_threads = trio.CapacityLimiter(bulk_threads)
     listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
@@ -690,6 +745,7 @@ async def serve_http(
     listener.listen(4096)
     address, port = listener.getsockname()[:2]
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.sweep_idle)
         if report_status is not None:
             nursery.start_soon(engine.report_loop)
         if config.http.sendfile_workers > 0:

@@ -2,26 +2,39 @@
 
 With ``http.sendfile_workers = N`` the HTTP engine keeps h11 parsing, routing,
 admission and the response head in its trio loop, and hands every bulk body
-(kernel, initramfs, chunk, stream) to one of N worker processes. A job is the
-connection's socket, passed as a file descriptor (``SCM_RIGHTS``), plus a list
-of ``(path, offset, length)`` pieces. The worker sends them with non-blocking
-``os.sendfile`` from one selector loop (one process, many jobs at once; a job
-that fills its socket waits for POLLOUT, for at most ``stall`` seconds without
-progress), closes its copy of the socket and answers. The engine awaits the
-answer, then reads the connection's next keep-alive request as before: the
-socket is never used by both at once.
+(kernel, initramfs, chunk, stream) to one of N worker processes. A keep-alive
+connection is bound to one worker at its first bulk body: its socket goes over
+once, as a file descriptor (``SCM_RIGHTS``), and the worker keeps its copy
+until the engine says the connection is over. A job is then only the
+connection's number plus a list of ``(path, offset, length)`` pieces. The
+worker sends them with non-blocking ``os.sendfile`` from one selector loop
+(one process, many jobs at once; a job that fills its socket waits for
+POLLOUT, for at most ``stall`` seconds without progress) and answers. The
+engine awaits the answer, then reads the connection's next keep-alive request
+as before: the socket is never written by both at once.
 
 Wire, one ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair per worker (local, from
-the engine's own process only):
+the engine's own process only). A message is records joined by ``\n``, a
+record is fields joined by ``\0`` (paths are the engine's own store paths;
+one with either byte is refused before it is sent):
 
-    job     JSON {"id": n, "stall": seconds, "pieces": [[path, offset, length], ...]} + one fd
-    answer  JSON {"id": n, "sent": bytes, "outcome": "ok" | "stalled" | "missing" | "error:ENAME"}
+    F conn                                  the connection's socket: the message's next SCM_RIGHTS fd
+    J id conn stall path offset length ...  a job: send those pieces to conn's socket
+    X conn                                  the connection is over: close the worker's copy
+    answer: id sent outcome                 outcome "ok" | "stalled" | "missing" | "error:ENAME"
+
+Records are queued and sent by one flusher task per worker, so the jobs that
+several connections queue in one pass of the scheduler leave in one message
+(one wake-up of the worker), and the worker sends the answers of one pass of
+its loop in one message too. In a storm that is tens of thousands of chunk
+requests: one descriptor and one message each was the engine's largest cost.
 
 Lifetime: a worker exits at end of file on its control socket. The engine holds
 the only other end, so the worker goes with the engine's process even when that
 is killed with SIGKILL. The engine kills its workers by PID when it stops; a
 worker that dies fails its in-flight jobs (outcome ``worker died``: the engine
-closes those connections and counts them) and is replaced.
+closes those connections and counts them) and is replaced; connections bound
+to it are bound to another worker at their next body.
 
     python -m cwboot.services.sendfile_worker --control-fd N
 """
@@ -32,26 +45,28 @@ import argparse
 import array
 import collections
 import errno
-import json
 import os
 import selectors
 import socket
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 
 import trio
 
 # Bytes one job may push before the others get their turn (fairness inside a worker).
 TURN_BYTES = 1 << 20
-# A job message stays well under the AF_UNIX send buffer (about 208 KiB by default).
+# A message stays well under the AF_UNIX send buffer (about 208 KiB by default).
 MAX_JOB_BYTES = 64 * 1024
 RECV_BYTES = 2 * MAX_JOB_BYTES
+# Descriptors per message (the kernel's SCM_MAX_FD is 253).
+MAX_FDS = 64
 # A worker that dies sooner than this after its start is replaced only after this long.
 RESPAWN_BACKOFF = 1.0
 
 Piece = tuple[str, int, int]
-_FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)  # one descriptor per job
+_FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
 
 # -- the worker process
@@ -60,6 +75,7 @@ _FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)  # one descriptor per j
 @dataclass
 class _Job:
     id: int
+    conn: int
     sock: int
     pieces: list[Piece]
     stall: float
@@ -109,44 +125,96 @@ def _advance(job: _Job) -> str:
         return f"error:{errno.errorcode.get(exc.errno or 0, 'EIO')}"
 
 
-def _finish(control: socket.socket, job: _Job, outcome: str) -> None:
-    if job.file >= 0:
-        os.close(job.file)
-    os.close(job.sock)
-    answer = {"id": job.id, "sent": job.sent, "outcome": outcome}
-    control.send(json.dumps(answer, separators=(",", ":")).encode())
+class _WorkerState:
+    """The worker's connections (their sockets), jobs in flight and answers not yet sent."""
 
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.conns: dict[int, int] = {}  # connection number -> our copy of its socket
+        self.active: dict[int, _Job] = {}  # connection number -> its job in flight
+        self.forgotten: set[int] = set()  # over while a job ran: close once that job ends
+        self.answers: list[bytes] = []
 
-def _receive_jobs(control: socket.socket, ready: collections.deque[_Job]) -> bool:
-    """Take every queued job; False at end of file (the engine is gone)."""
-    while True:
-        try:
-            # recvmsg, not socket.recv_fds: that one drops its flags argument (CPython 3.11)
-            data, ancdata, flags, _ = control.recvmsg(RECV_BYTES, _FD_SPACE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        fds = array.array("i")
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-        if not data and not fds:
-            return False
-        doc = json.loads(data)
-        job = _Job(doc["id"], fds[0] if fds else -1, [tuple(p) for p in doc["pieces"]], doc["stall"])
-        if job.sock < 0 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            for fd in fds:
+    def finish(self, job: _Job, outcome: str) -> None:
+        if job.file >= 0:
+            os.close(job.file)
+        if self.active.get(job.conn) is job:
+            del self.active[job.conn]
+        if job.conn in self.forgotten:
+            self.forgotten.discard(job.conn)
+            os.close(job.sock)
+        self.answers.append(b"%d\0%d\0%s" % (job.id, job.sent, outcome.encode()))
+
+    def send_answers(self) -> None:
+        while self.answers:
+            batch, self.answers = self.answers[:1000], self.answers[1000:]
+            self.control.send(b"\n".join(batch))
+
+    def forget(self, conn: int) -> None:
+        fd = self.conns.pop(conn, None)
+        if fd is None:
+            return
+        if conn in self.active:
+            self.forgotten.add(conn)  # its job closes it
+        else:
+            os.close(fd)
+
+    def receive(self, ready: collections.deque[_Job]) -> bool:
+        """Take every queued record; False at end of file (the engine is gone)."""
+        while True:
+            try:
+                # recvmsg, not socket.recv_fds: that one drops its flags argument (CPython 3.11)
+                data, ancdata, flags, _ = self.control.recvmsg(
+                    RECV_BYTES, _FD_SPACE, socket.MSG_DONTWAIT
+                )
+            except BlockingIOError:
+                return True
+            fds = array.array("i")
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            if not data and not fds:
+                return False
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                # cannot happen with the engine's limits; never guess which fd is which
+                for fd in fds:
+                    os.close(fd)
+                raise RuntimeError("truncated control message")
+            given = iter(fds)
+            for record in data.split(b"\n"):
+                self._record(record.split(b"\0"), given, ready)
+            for fd in given:  # more descriptors than F records: not ours to keep
                 os.close(fd)
-            control.send(json.dumps({"id": job.id, "sent": 0, "outcome": "error:EBADMSG"}).encode())
-            continue
-        os.set_blocking(job.sock, False)  # already so (trio's socket; the flag is shared): never block the loop
-        ready.append(job)
+
+    def _record(self, f: list[bytes], given: typing.Iterator[int], ready: collections.deque[_Job]) -> None:
+        kind = f[0]
+        if kind == b"J":
+            conn = int(f[2])
+            pieces = [
+                (os.fsdecode(f[i]), int(f[i + 1]), int(f[i + 2])) for i in range(4, len(f) - 2, 3)
+            ]
+            job = _Job(int(f[1]), conn, self.conns.get(conn, -1), pieces, float(f[3]))
+            if job.sock < 0 or conn in self.active:
+                self.answers.append(b"%d\0%d\0error:EBADF" % (job.id, 0))
+                return
+            self.active[conn] = job
+            ready.append(job)
+        elif kind == b"F":
+            conn = int(f[1])
+            fd = next(given)
+            self.forget(conn)
+            os.set_blocking(fd, False)  # already so (trio's socket; the flag is shared): never block the loop
+            self.conns[conn] = fd
+        elif kind == b"X":
+            self.forget(int(f[1]))
 
 
 def serve_jobs(control: socket.socket) -> None:
     """The worker's loop: run jobs until the control socket reaches end of file."""
-    control.setblocking(True)  # answers are sent blocking; jobs are read with MSG_DONTWAIT
+    control.setblocking(True)  # answers are sent blocking; records are read with MSG_DONTWAIT
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, None)
+    state = _WorkerState(control)
     ready: collections.deque[_Job] = collections.deque()
     blocked: dict[int, _Job] = {}
     while True:
@@ -159,7 +227,7 @@ def serve_jobs(control: socket.socket) -> None:
             timeout = None
         for key, _ in selector.select(timeout):
             if key.data is None:
-                if not _receive_jobs(control, ready):
+                if not state.receive(ready):
                     return
             else:
                 job = key.data
@@ -170,7 +238,7 @@ def serve_jobs(control: socket.socket) -> None:
         for job in [j for j in blocked.values() if j.deadline <= now]:
             selector.unregister(job.sock)
             del blocked[job.sock]
-            _finish(control, job, "stalled")
+            state.finish(job, "stalled")
         for _ in range(len(ready)):
             job = ready.popleft()
             outcome = _advance(job)
@@ -181,7 +249,8 @@ def serve_jobs(control: socket.socket) -> None:
             elif outcome == _TURN_OVER:
                 ready.append(job)
             else:
-                _finish(control, job, outcome)
+                state.finish(job, outcome)
+        state.send_answers()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,20 +270,36 @@ def main(argv: list[str] | None = None) -> None:
 # -- the engine's side
 
 
-@dataclass
 class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    sent: int = 0
-    outcome: str = "worker died"
+    """A job in flight: its connection's task sleeps until the answer (or the worker's death) wakes it."""
+
+    __slots__ = ("task", "sent", "outcome")
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.sent = 0
+        self.outcome = "worker died"
 
 
 @dataclass
 class _Worker:
     process: trio.Process
-    control: socket.socket  # non-blocking; used directly, trio only waits for readiness (fewer yields per job)
-    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    control: socket.socket  # non-blocking; used directly, trio only waits for readiness
     pending: dict[int, _Pending] = field(default_factory=dict)
     alive: bool = True
+    outbox: list[tuple[bytes, int]] = field(default_factory=list)  # (record, dup'ed fd or -1)
+    flusher: trio.lowlevel.Task | None = None  # parked, waiting for records
+
+
+class Binding:
+    """A connection's tie to the worker holding its socket (``SendfileWorkers.bind``)."""
+
+    __slots__ = ("sock", "worker", "conn")
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.worker: _Worker | None = None
+        self.conn = 0
 
 
 class SendfileWorkers:
@@ -225,6 +310,7 @@ class SendfileWorkers:
         self.drops = drops  # the engine's: "sendfile worker died", "no sendfile worker"
         self.workers: list[_Worker] = []
         self._next_id = 0
+        self._next_conn = 0
         self._changed = trio.Event()
 
     def pids(self) -> list[int]:
@@ -261,14 +347,21 @@ class SendfileWorkers:
             task_status = trio.TASK_STATUS_IGNORED
             started = trio.current_time()
             try:
-                await self._read_answers(worker)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flush, worker)
+                    await self._read_answers(worker)
+                    nursery.cancel_scope.cancel()
             finally:
                 worker.alive = False
                 self.workers.remove(worker)
                 for pending in worker.pending.values():
-                    pending.done.set()  # outcome stays "worker died"
+                    trio.lowlevel.reschedule(pending.task)  # outcome stays "worker died"
                 worker.pending.clear()
-                trio.lowlevel.notify_closing(worker.control)  # a sender waiting on it gets an error
+                for _, fd in worker.outbox:
+                    if fd >= 0:
+                        os.close(fd)
+                worker.outbox.clear()
+                trio.lowlevel.notify_closing(worker.control)
                 worker.control.close()
                 with trio.CancelScope(shield=True):
                     process.kill()
@@ -280,7 +373,7 @@ class SendfileWorkers:
         delivered = 0
         while True:
             try:
-                data = worker.control.recv(4096)
+                data = worker.control.recv(RECV_BYTES)
             except BlockingIOError:
                 delivered = 0
                 await trio.lowlevel.wait_readable(worker.control)
@@ -289,56 +382,107 @@ class SendfileWorkers:
                 return
             if not data:
                 return
-            answer = json.loads(data)
-            pending = worker.pending.pop(answer["id"], None)
-            if pending is not None:
-                pending.sent, pending.outcome = answer["sent"], answer["outcome"]
-                pending.done.set()
-            delivered += 1
-            if delivered % 64 == 0:  # answers keep coming: let the woken connections run
+            for record in data.split(b"\n"):
+                job_id, sent, outcome = record.split(b"\0")
+                pending = worker.pending.pop(int(job_id), None)
+                if pending is not None:
+                    pending.sent, pending.outcome = int(sent), outcome.decode()
+                    trio.lowlevel.reschedule(pending.task)
+                delivered += 1
+            if delivered >= 64:  # answers keep coming: let the woken connections run
+                delivered = 0
                 await trio.lowlevel.checkpoint()
+
+    async def _flush(self, worker: _Worker) -> None:
+        """Send the queued records, as few messages as the limits allow, while the worker lives."""
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            worker.flusher = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            if not worker.outbox:
+                worker.flusher = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                continue
+            records: list[bytes] = []
+            fds = array.array("i")
+            size = 0
+            for record, fd in worker.outbox:
+                if records and (size + len(record) >= MAX_JOB_BYTES or (fd >= 0 and len(fds) == MAX_FDS)):
+                    break
+                records.append(record)
+                size += len(record) + 1
+                if fd >= 0:
+                    fds.append(fd)
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if fds else []
+            try:
+                worker.control.sendmsg([b"\n".join(records)], ancillary)
+            except BlockingIOError:  # its queue is full: wait, then send what is queued by then
+                await trio.lowlevel.wait_writable(worker.control)
+                continue
+            except OSError:
+                return  # the worker is gone: its supervisor sees it too
+            del worker.outbox[: len(records)]
+            for fd in fds:
+                os.close(fd)
+            await trio.lowlevel.checkpoint()
+
+    def _queue(self, worker: _Worker, record: bytes, fd: int = -1) -> None:
+        worker.outbox.append((record, fd))
+        task, worker.flusher = worker.flusher, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def send(
-        self, sock: trio.socket.SocketType, pieces: list[Piece], stall: float
-    ) -> tuple[int, str]:
-        """Have a worker send ``pieces`` to ``sock``: (bytes sent, outcome); see the module docstring."""
-        if not self.workers:  # every worker is being replaced: wait for one, bounded
-            with trio.move_on_after(stall):
-                while not self.workers:
-                    await self._changed.wait()
-        if not self.workers:
-            self.drops["no sendfile worker"] += 1
-            return 0, "no sendfile worker"
-        worker = min(self.workers, key=lambda w: len(w.pending))
+    def bind(self, sock: trio.socket.SocketType) -> Binding:
+        """A connection's binding: it is tied to a worker at its first body."""
+        return Binding(sock)
+
+    def release(self, binding: Binding) -> None:
+        """The connection is over: its worker closes its copy of the socket."""
+        worker, binding.worker = binding.worker, None
+        if worker is not None and worker.alive:
+            self._queue(worker, b"X\0%d" % binding.conn)
+
+    async def send(self, binding: Binding, pieces: list[Piece], stall: float) -> tuple[int, str]:
+        """Have a worker send ``pieces`` to the bound socket: (bytes sent, outcome); see the module docstring."""
+        worker = binding.worker
+        if worker is None or not worker.alive:
+            if not self.workers:  # every worker is being replaced: wait for one, bounded
+                with trio.move_on_after(stall):
+                    while not self.workers:
+                        await self._changed.wait()
+            if not self.workers:
+                self.drops["no sendfile worker"] += 1
+                return 0, "no sendfile worker"
+            worker = min(self.workers, key=lambda w: len(w.pending))
+            self._next_conn += 1
+            binding.worker, binding.conn = worker, self._next_conn
+            self._queue(worker, b"F\0%d" % binding.conn, os.dup(binding.sock.fileno()))
+        fields = [b"J", b"%d" % (self._next_id + 1), b"%d" % binding.conn, repr(stall).encode()]
+        for path, offset, length in pieces:
+            raw = os.fsencode(path)
+            if b"\0" in raw or b"\n" in raw:
+                return 0, "error:EINVAL"  # not a store path: never put it on the wire
+            fields += [raw, b"%d" % offset, b"%d" % length]
         self._next_id += 1
         job_id = self._next_id
-        pending = _Pending()
+        pending = _Pending(trio.lowlevel.current_task())
         worker.pending[job_id] = pending
-        message = [json.dumps({"id": job_id, "stall": stall, "pieces": pieces}, separators=(",", ":")).encode()]
-        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
-        try:
-            try:
-                worker.control.sendmsg(message, fds)
-            except BlockingIOError:  # its queue is full: wait, one sender at a time (trio's rule)
-                async with worker.send_lock:
-                    while True:
-                        await trio.lowlevel.wait_writable(worker.control)
-                        try:
-                            worker.control.sendmsg(message, fds)
-                            break
-                        except BlockingIOError:
-                            continue
-            await pending.done.wait()
-        except (OSError, trio.ClosedResourceError):
-            pass  # the worker is gone (its supervisor sees it too): the outcome stays "worker died"
-        finally:
-            worker.pending.pop(job_id, None)
+        self._queue(worker, b"\0".join(fields))
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            worker.pending.pop(job_id, None)  # nobody wakes it any more
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
         if pending.outcome == "worker died":
             self.drops["sendfile worker died"] += 1
+            binding.worker = None
         return pending.sent, pending.outcome
 
 
@@ -348,7 +492,7 @@ def jobs_of(pieces: list[Piece]) -> list[list[Piece]]:
     size = 0
     for piece in pieces:
         cost = len(piece[0]) + 48
-        if jobs[-1] and size + cost > MAX_JOB_BYTES:
+        if jobs[-1] and size + cost > MAX_JOB_BYTES - 128:
             jobs.append([])
             size = 0
         jobs[-1].append(piece)

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAC = "52:54:00:aa:bb:01"
 CHUNK = 64 * 1024
 STALL = 3.0  # the engine's send stall timeout in these tests (60 s in service)
+IDLE = 2.0  # the engine's idle timeout (head or body) in these tests (30 s in service)
 
 
 class Lookup:
@@ -107,6 +108,7 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
                         loader_dir=loaders,
                         bulk_threads=bulk_threads,
                         send_stall_timeout=STALL,
+                        idle_timeout=IDLE,
                         task_status=task_status,
                     )  # fmt: skip
                 )
@@ -411,6 +413,76 @@ def test_garbage_and_quarantined_chunks(server: Server) -> None:
     assert len(cut.stdout) == m.compressed_offsets[3]
     assert server.http.stats.drops["chunk missing mid-stream"] == 1
     assert status_of(f"{server.url}/boot/ipxe/52-54-00-aa-bb-01") == 200  # still serving
+
+
+def read_all(s: socket.socket, limit: float) -> bytes:
+    """Everything until the server closes, waiting at most ``limit`` seconds in all."""
+    s.settimeout(0.2)
+    out = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            data = s.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            return out
+        out += data
+    raise AssertionError(f"still open after {limit} s: {out[:200]!r}")
+
+
+@pytest.mark.parametrize("server", [(0, 2)], indirect=True, ids=["worker-sendfile"])
+def test_idle_slow_and_slowloris_clients_are_cut_and_counted(server: Server) -> None:
+    drops = server.http.stats.drops
+    with socket.create_connection(("127.0.0.1", server.port)) as silent:
+        assert read_all(silent, IDLE * 4) == b""
+    assert drops["idle keep-alive timeout"] == 1
+    with socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(b"POST /boot/status/52-54-00-aa-bb-01 HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
+        assert read_all(slow, IDLE * 4) == b""
+    assert drops["slow request body"] == 1
+    with socket.create_connection(("127.0.0.1", server.port)) as loris:  # a byte at a time, forever
+        loris.settimeout(0.2)
+        start = time.monotonic()
+        closed = False
+        for byte in (b"GET /boot/kernel/vmlinuz HTTP/1.1\r\nX: " + b"a" * 400)[: int(IDLE * 4 / 0.1)]:
+            try:
+                loris.send(bytes([byte]))
+                if loris.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and time.monotonic() - start < IDLE * 4
+    assert drops["idle keep-alive timeout"] == 2
+    assert status_of(f"{server.url}/boot/kernel/vmlinuz") == 200  # the engine itself never waited
+
+
+def test_pipelined_http10_and_chunked_requests(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"HEAD /boot/kernel/vmlinuz HTTP/1.1\r\nHost: h\r\n\r\n"
+                  b"GET /images/img/1/manifest HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")  # fmt: skip
+        answer = read_all(s, 10)
+    first, rest = answer.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 200 ") and b"content-length: 300000" in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 ") and b"connection: close" in rest.lower()
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["name"] == "img"
+    with socket.create_connection(("127.0.0.1", server.port)) as s:  # 1.0: answered, then closed
+        s.sendall(b"GET /boot/kernel/vmlinuz HTTP/1.0\r\n\r\n")
+        answer = read_all(s, 10)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(server.kernel.read_bytes())
+    before = len(server.reports)
+    r = curl("-H", "Transfer-Encoding: chunked", "-d", "stage=up", "-o", "/dev/null",
+             "-w", "%{http_code}", f"{server.url}/boot/status/52-54-00-aa-bb-01")  # fmt: skip
+    assert r.stdout == b"204"
+    deadline = time.monotonic() + 10
+    while len(server.reports) == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert server.reports[-1] == ("52:54:00:aa:bb:01", {"stage": "up"})
 
 
 def test_a_failing_lookup_costs_one_connection_not_the_engine(server: Server) -> None:
