@@ -4,7 +4,8 @@
         [--cpu-rate 1000] [--servers cwboot,kea,dnsmasq] [--enrol]
 
 ``--servers`` also takes cwboot-nohold and cwboot-old (CWBOOT_VARIANTS: the
-service with its batching hold, or with the fast path and the native loop, off).
+service with its batching hold, or with the fast path and the native loop, off);
+CWBOOT_BENCH_HOLD=<seconds> sets the hold of the cwboot variant.
 
 Two network namespaces joined by a veth pair (tests/services/dhcp_netns.py):
 the server runs pinned to CPU 0 (``taskset -c 0``) on 10.99.0.1, perfdhcp
@@ -104,7 +105,8 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
                     http_port=8081,
                     enrol=enrol_node,
                     fast=variant != "cwboot-old",
-                    hold=0.0 if variant in ("cwboot-nohold", "cwboot-old") else dhcp_service.HOLD,
+                    hold=0.0 if variant in ("cwboot-nohold", "cwboot-old")
+                    else float(os.environ.get("CWBOOT_BENCH_HOLD", dhcp_service.HOLD)),
                     task_status=task_status,
                 )
             )

@@ -447,7 +447,6 @@ class FastPath:
         self._has_revision = hasattr(lookup, "revision")
         impl = backend if backend is not None else codec
         self._build = impl.build_reply
-        self._encode = impl.encode_options
         self.responder: codec.FastResponder = impl.FastResponder(
             policy.server_id, self._check, lookup if self._has_revision else None
         )
@@ -486,10 +485,9 @@ class FastPath:
         if (template is None or template.node is not node or template.pool is not pool
                 or template.warnings):  # fmt: skip
             return False
-        options_list = list(template.lease_options)
         offer = self._build(_BLANK_REQUEST, dhcp.DHCPOFFER, _ZERO, template.yiaddr, self.policy.server_id,
-                            b"", template.file, options_list)  # fmt: skip
-        end = dhcp.OFF_REPLY_TYPE + 1 + len(self._encode(options_list))
+                            b"", template.file, template.lease_options)  # fmt: skip
+        end = len(offer.rstrip(b"\0")) - 1  # END is the last byte build_reply writes; PAD follows
         self.responder.add(key, offer, end, template.yiaddr, template.kind in (PXE, HTTP),
                            (mac, node, pool), revision)  # fmt: skip
         return True

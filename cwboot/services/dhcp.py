@@ -5,13 +5,24 @@
 then, for every datagram: parse -> decide -> build -> send. Answers come from
 the in-memory lookup only; nothing awaits the store on this path.
 
+Per datagram, ``DhcpResponder.respond`` first tries the fast path
+(cwboot.policy.dhcp.FastPath: the codec's FastResponder answering from reply
+templates the policy compiled for a node and request class); what it declines
+takes the full path (``respond_full``: parse -> decide -> build -> send
+decision), which after a reply compiles the template for the next such request.
+
 Burst handling: the socket has a large receive buffer (``dhcp.rcvbuf_bytes``;
 SO_RCVBUFFORCE when root, so it is not capped by net.core.rmem_max). The
-receive loop (recvfrom -> respond -> sendto) runs in a worker thread with
-blocking I/O, so a burst is drained back to back without any trio scheduler
-round trip per packet (measured with perfdhcp at 5,000 DORA/s: 60 us of server
-CPU per DORA this way, 101 us with a trio loop that drained the socket in
-non-blocking batches after each wait_readable). The handler only reads the
+receive loop runs in a worker thread with blocking I/O, so a burst is drained
+back to back without any trio scheduler round trip per packet. With the Cython
+codec it is ext/dhcp_loop.pyx (``LOOP = "native"``): recvmmsg/sendmmsg batches
+of up to ``BATCH`` with the GIL released while blocked, and under sustained
+traffic a ``HOLD`` (1 ms) wait after a batch that was not full, so one wake-up
+and two system calls serve several datagrams; otherwise (``LOOP = "python"``)
+one recvfrom and one sendto per datagram (measured with perfdhcp at 5,000
+DORA/s: 60 us of server CPU per DORA that way, 101 us with a trio loop that
+drained the socket in non-blocking batches after each wait_readable; see
+docs/dhcp.md for the native loop's figures). The handler only reads the
 lookup (plain dict reads, atomic under the GIL) and writes the counters (in
 proxy mode two threads share them, so a count may rarely miss one); cancellation
 stops the thread within ``POLL_INTERVAL``. Enrolment requests go back into
