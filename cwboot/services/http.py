@@ -58,7 +58,7 @@ from cwboot.config import Config
 from cwboot.control.objects import InvalidObject, normalize_mac
 from cwboot.protocol import http1, http_range, ipxe
 from cwboot.protocol.manifest import Manifest
-from cwboot.services.sendfile_worker import Binding, SendfileWorkers, jobs_of
+from cwboot.services.sendfile_worker import Binding, SendfileWorkers, jobs_of, raise_fd_limit
 
 log = logging.getLogger(__name__)
 
@@ -736,6 +736,7 @@ async def serve_http(
         config, lookup, image_store, heads, report_status, loader_dir, send_stall_timeout
     )
     engine.idle_timeout = idle_timeout
+    raise_fd_limit()  # one socket per keep-alive connection: a storm is thousands
     if bulk_threads:
         engine.bulk_threads = trio.CapacityLimiter(bulk_threads)
     listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)

@@ -46,6 +46,7 @@ import array
 import collections
 import errno
 import os
+import resource
 import selectors
 import socket
 import sys
@@ -253,12 +254,30 @@ def serve_jobs(control: socket.socket) -> None:
         state.send_answers()
 
 
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (as nginx's worker_rlimit_nofile); returns it.
+
+    The engine holds one socket per keep-alive connection and a worker a copy of
+    each connection bound to it: a soft limit of 1024 would cap a storm at that.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m cwboot.services.sendfile_worker", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--control-fd", type=int, required=True, help="the engine's socketpair end")
     args = parser.parse_args(argv)
+    raise_fd_limit()  # it holds a copy of every connection bound to it
     control = socket.socket(fileno=args.control_fd)
     try:
         serve_jobs(control)
