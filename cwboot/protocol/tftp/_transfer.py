@@ -87,9 +87,13 @@ class TransferStats:
         return None if self.finished is None else self.finished - self.started
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Output:
-    """What to do now: send these datagrams (to the peer), wake up at ``deadline``."""
+    """What to do now: send these datagrams (to the peer), wake up at ``deadline``.
+
+    (Not frozen: one is made per packet, and a frozen dataclass costs twice as
+    much to construct. Treat it as read-only.)
+    """
 
     datagrams: list[bytes]
     deadline: float | None
@@ -146,6 +150,10 @@ class ReadTransfer:
             self.refusal = None
         self.stats.blksize = self.negotiated.blksize
         self.stats.windowsize = self.negotiated.windowsize
+        # Read per packet: plain attributes.
+        self._floor = self.negotiated.timeout
+        self._windowsize = self.negotiated.windowsize
+        self._blksize = self.negotiated.blksize
         if isinstance(source, BytesSource) and self.refusal is None:
             self._datagrams = source.content.datagrams(self.negotiated.blksize)
             self._last = len(self._datagrams)
@@ -277,18 +285,21 @@ class ReadTransfer:
 
     def _progress(self, now: float) -> None:
         self._retries_left = self._limits.retries
-        floor = self.negotiated.timeout
-        if self._flight_sent_at is None:
+        floor = self._floor
+        flight_sent_at = self._flight_sent_at
+        if flight_sent_at is None:
             # Karn: keep the backed-off interval until a clean sample arrives.
             self._interval = max(self._interval, floor)
         else:
-            sample = now - self._flight_sent_at
-            if self._srtt is None:
-                self._srtt, self._rttvar = sample, sample / 2
+            sample = now - flight_sent_at
+            srtt = self._srtt
+            if srtt is None:
+                srtt, self._rttvar = sample, sample / 2
             else:
-                self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
-                self._srtt = 0.875 * self._srtt + 0.125 * sample
-            self._interval = min(max(self._srtt + 4 * self._rttvar, floor), floor * BACKOFF_CAP)
+                self._rttvar = 0.75 * self._rttvar + 0.25 * abs(srtt - sample)
+                srtt = 0.875 * srtt + 0.125 * sample
+            self._srtt = srtt
+            self._interval = min(max(srtt + 4 * self._rttvar, floor), floor * BACKOFF_CAP)
         self._flight_sent_at = now  # the next flight leaves now
 
     def _block(self, number: int) -> bytes:
@@ -309,15 +320,24 @@ class ReadTransfer:
         if datagrams is not None:
             # Prebuilt: blocks base .. min(base + windowsize - 1, last).
             base = self._base
-            end = min(base + self.negotiated.windowsize - 1, len(datagrams))
-            out = datagrams[base - 1 : end]
+            last = len(datagrams)
+            end = base + self._windowsize - 1
+            if end >= last:
+                end = last
+                payload_bytes = (last - base) * self._blksize + len(datagrams[-1]) - 4
+            else:
+                payload_bytes = (end - base + 1) * self._blksize
+            out = [datagrams[base - 1]] if end == base else datagrams[base - 1 : end]
             stats = self.stats
-            if base <= self._sent:
-                stats.retransmits += min(self._sent, end) - base + 1
-            stats.blocks_sent += len(out)
-            stats.packets_sent += len(out)
-            stats.bytes_sent += sum(map(len, out)) - 4 * len(out)
-            self._sent = max(self._sent, end)
+            sent = self._sent
+            if base <= sent:
+                stats.retransmits += (sent if sent < end else end) - base + 1
+            count = end - base + 1
+            stats.blocks_sent += count
+            stats.packets_sent += count
+            stats.bytes_sent += payload_bytes
+            if end > sent:
+                self._sent = end
             return out
         out = []
         end = self._base + self.negotiated.windowsize
@@ -353,7 +373,7 @@ class ReadTransfer:
         if self.finished:
             self.deadline = None
         elif datagrams:
-            self.deadline = now + (self._interval or self.negotiated.timeout)
+            self.deadline = now + (self._interval or self._floor)
         return Output(datagrams, self.deadline)
 
 
