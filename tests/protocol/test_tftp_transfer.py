@@ -206,6 +206,20 @@ def test_transfers_of_one_content_share_its_datagrams() -> None:
     assert len(content.datagrams(1000)) == 6 and content.datagrams(1000)[-1] == build_data(6, b"")
 
 
+def test_prebuilt_blksizes_are_bounded_and_others_still_transfer_exactly() -> None:
+    """A peer choosing ever new blksizes cannot make a shared content prebuild a copy for each."""
+    data = content_of(20_000)
+    content = BytesSource(data).content
+    for blksize in (512, 1000, 1432, 1468, 8):
+        client, server, _ = run(
+            data, options={"blksize": str(blksize)}, source=lambda _: BytesSource(content)
+        )
+        assert bytes(client.data) == data and server.outcome is Outcome.COMPLETED
+        assert server.stats.blocks_sent == len(data) // blksize + 1
+    assert content.datagrams(512) is not None and content.datagrams(1432) is not None
+    assert content.datagrams(1468) is None and content.datagrams(8) is None
+
+
 @pytest.mark.parametrize("windowsize", ["1", "8"])
 def test_duplicated_acks_never_trigger_duplicate_data(windowsize: str) -> None:
     """Sorcerer's Apprentice (RFC 1123 §4.2.3.1): every packet duplicated, none lost."""

@@ -26,9 +26,13 @@ from cwboot.protocol.tftp._wire import OPCODE_BLOCK, BadPacket, ErrorCode, Opcod
 
 MAX_NAME_BYTES = 255
 # ContentCache defaults: files up to this size are read once and shared...
-CACHE_MAX_FILE_BYTES = 16 * 2**20
+CACHE_MAX_FILE_BYTES = 8 * 2**20
 # ...and the cache holds at most this much (least recently used out first).
-CACHE_MAX_BYTES = 64 * 2**20
+CACHE_MAX_BYTES = 32 * 2**20
+# Prebuilt DATA datagrams per content for at most this many blksizes (a copy of
+# the content each): a peer picks any blksize from 8 to 65464, and more
+# variants would multiply the memory a cached file takes.
+MAX_PREBUILT_BLKSIZES = 3
 
 # Debian's `ipxe` package: served when the root does not hold them.
 DEBIAN_IPXE_LOADERS: Mapping[str, Path] = {
@@ -51,16 +55,23 @@ class SharedContent:
     blksize (block numbers wrap the same way for every transfer), so they are
     built once per blksize, on first use, and shared: a transfer then sends
     ready-made datagrams instead of reading, slicing and packing per packet.
+    Only the first MAX_PREBUILT_BLKSIZES blksizes asked for are prebuilt;
+    transfers with another blksize slice the shared bytes per block.
     """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._datagrams: dict[int, list[bytes]] = {}
 
-    def datagrams(self, blksize: int) -> list[bytes]:
-        """DATA datagrams 1 .. size // blksize + 1 (index = block - 1; the last one is short)."""
+    def datagrams(self, blksize: int) -> list[bytes] | None:
+        """DATA datagrams 1 .. size // blksize + 1 (index = block - 1; the last one is short).
+
+        None when MAX_PREBUILT_BLKSIZES other blksizes are already prebuilt.
+        """
         built = self._datagrams.get(blksize)
         if built is None:
+            if len(self._datagrams) >= MAX_PREBUILT_BLKSIZES:
+                return None
             data, pack = self.data, OPCODE_BLOCK.pack
             built = [
                 pack(Opcode.DATA, (i + 1) & 0xFFFF) + data[i * blksize : (i + 1) * blksize]

@@ -156,7 +156,8 @@ class ReadTransfer:
         self._blksize = self.negotiated.blksize
         if isinstance(source, BytesSource) and self.refusal is None:
             self._datagrams = source.content.datagrams(self.negotiated.blksize)
-            self._last = len(self._datagrams)
+            if self._datagrams is not None:
+                self._last = len(self._datagrams)
         self.finished = False
         self.state = State.AWAIT_OACK_ACK if self.negotiated.oack else State.SENDING
 
