@@ -5,7 +5,8 @@
 
 ``--servers`` also takes cwboot-nohold and cwboot-old (CWBOOT_VARIANTS: the
 service with its batching hold, or with the fast path and the native loop, off);
-CWBOOT_BENCH_HOLD=<seconds> sets the hold of the cwboot variant.
+CWBOOT_BENCH_HOLD=<seconds> sets the hold of the cwboot variant,
+CWBOOT_BENCH_BATCH=<n> the native loop's batch size.
 
 Two network namespaces joined by a veth pair (tests/services/dhcp_netns.py):
 the server runs pinned to CPU 0 (``taskset -c 0``) on 10.99.0.1, perfdhcp
@@ -55,6 +56,7 @@ CWBOOT_VARIANTS = {
     "cwboot": "default: native recvmmsg/sendmmsg loop, fast path, 1 ms hold under load",
     "cwboot-nohold": "native loop and fast path, hold 0 (every datagram answered as soon as read)",
     "cwboot-old": "the service before the fast path: Python recvfrom/sendto loop, full path only",
+    "cwboot-pyloop": "fast path with the Python recvfrom/sendto loop (no batching, no hold)",
 }
 
 
@@ -69,8 +71,10 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
     from cwboot.services import dhcp as dhcp_service
     from cwboot.services.dhcp import serve_dhcp
 
-    if variant == "cwboot-old":
+    if variant in ("cwboot-old", "cwboot-pyloop"):
         dhcp_service.LOOP = "python"
+    if os.environ.get("CWBOOT_BENCH_BATCH"):
+        dhcp_service.BATCH = int(os.environ["CWBOOT_BENCH_BATCH"])
 
     pool = validate_new(
         "naming_pool", {"name": "default", "network": "10.99.0.0/16", "ip_offset": 1000}, 0.0
@@ -105,7 +109,7 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
                     http_port=8081,
                     enrol=enrol_node,
                     fast=variant != "cwboot-old",
-                    hold=0.0 if variant in ("cwboot-nohold", "cwboot-old")
+                    hold=0.0 if variant != "cwboot"
                     else float(os.environ.get("CWBOOT_BENCH_HOLD", dhcp_service.HOLD)),
                     task_status=task_status,
                 )

@@ -46,3 +46,23 @@ def test_cython_requested_but_missing_is_an_error(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ImportError, match="not built"):
         dhcp.load_backend("cython")
     assert dhcp.load_backend("auto")[0] == "python"
+
+
+def test_the_service_loop_follows_the_backend() -> None:
+    """The Cython codec comes with the native receive loop (ext/dhcp_loop.pyx); the Python one
+    with the Python loop. A Cython build without the loop would be a silent fallback too."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from cwboot.services import dhcp; print(dhcp.LOOP)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == ("native" if dhcp.backend == "cython" else "python")
+    out = subprocess.run(
+        [sys.executable, "-c", "from cwboot.services import dhcp; print(dhcp.LOOP)"],
+        env={**os.environ, "CWBOOT_DHCP_BACKEND": "python"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "python"
