@@ -43,6 +43,7 @@ class FastResponder:
 
     server_id: bytes
     max_entries: int
+    entries: dict[bytes, object]
     def __init__(
         self,
         server_id: bytes,
