@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -33,6 +33,7 @@ class FloorResult:
     bytes: int
     seconds: float
     connections: int
+    samples: list[float] = field(default_factory=list)  # bytes/s of every sample taken (storm)
 
     @property
     def bytes_per_second(self) -> float:

@@ -106,6 +106,9 @@ class StormOptions:
     measure_floor: bool = True
     floor_connections: int = 32
     floor_bytes: int = 1 << 30
+    # The floor is the fastest of this many samples (one sample is a third of a second on
+    # this machine: one busy moment moved it by 20%); every sample is in the report.
+    floor_samples: int = 3
     # Extra head settings (``section.key=value``), e.g. "http.max_streams=64".
     head_settings: list[str] = field(default_factory=list)
     # Kept when given (logs, configs); a temp dir removed afterwards otherwise.
@@ -355,11 +358,17 @@ async def _measure_floor(
         sources = [
             netns.node_address(i, link.node_network()) for i in range(options.floor_connections)
         ]
-        return await floor.measure(
-            link.server_address, int(line), c.manifest, digests,
-            connections=options.floor_connections, total_bytes=options.floor_bytes,
-            sources=sources, make_socket=link.make_socket,
-        )  # fmt: skip
+        samples = [
+            await floor.measure(
+                link.server_address, int(line), c.manifest, digests,
+                connections=options.floor_connections, total_bytes=options.floor_bytes,
+                sources=sources, make_socket=link.make_socket,
+            )  # fmt: skip
+            for _ in range(max(1, options.floor_samples))
+        ]
+        best = max(samples, key=lambda r: r.bytes_per_second)
+        best.samples = [r.bytes_per_second for r in samples]
+        return best
     finally:
         _stop(proc)
         stream.unlink()
@@ -393,6 +402,7 @@ def _report(
             "bytes_per_second": fl.bytes_per_second, "measured_bytes": float(fl.bytes),
             "measured_seconds": fl.seconds, "connections": float(fl.connections),
             "seconds": seconds, "wall_over_floor": wall / seconds if seconds else 0.0,
+            "samples": float(len(fl.samples)), "slowest_sample_bytes_per_second": min(fl.samples or [0.0]),
         }  # fmt: skip
     settings = {
         "image": options.image, "kernel_mib": options.kernel_mib, "initramfs_mib": options.initramfs_mib,
