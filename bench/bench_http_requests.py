@@ -13,8 +13,9 @@ needed:
 * the image store gets a synthetic rootfs (cwboot.sim.content, `--image-mib`
   MiB, about 2:1 compressible, the storm's default image);
 * the servers, in turn, each a child process: cwboot's engine
-  (cwboot.services.http.serve_http with the default config: admission
-  control, routing, ETags; one variant per `--sendfile-workers` value) and
+  (cwboot.services.http.serve_http as bench_http_stream.py runs it: routing,
+  ETags, admission with a budget no client reaches; one variant per
+  `--sendfile-workers` value) and
   nginx (2 workers, sendfile, keep-alive; the storm baseline's config) serving
   the same chunk files;
 * `--clients` keep-alive connections from one trio process (the storm's own
@@ -45,50 +46,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_http_stream import cpu_seconds, serve_cwboot, wait_port  # noqa: E402
+
 from cwboot.control.images import ImageStore  # noqa: E402
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def serve_cwboot(store_dir: str, port_file: str, sendfile_workers: int) -> None:
-    import trio
-
-    from cwboot.config import Config
-    from cwboot.services.http import serve_http
-
-    class NoObjects:
-        def node_by_mac(self, mac: str) -> None:
-            return None
-
-        def get(self, kind: str, ref: str) -> None:
-            return None
-
-    config = Config()
-    config.http.listen, config.http.port = "127.0.0.1", 0
-    config.http.sendfile_workers = sendfile_workers
-    store = ImageStore(store_dir)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            srv = await nursery.start(
-                lambda task_status: serve_http(
-                    config, NoObjects(), store, heads=list, task_status=task_status
-                )
-            )
-            Path(port_file).write_text(str(srv.port))
-
-    trio.run(main)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK
-    return total
 
 
 def family(pid: int) -> list[int]:
@@ -101,15 +63,6 @@ def family(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
     return out
-
-
-def wait_port(port_file: Path, proc: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 30
-    while not port_file.exists() or not port_file.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    return int(port_file.read_text())
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -190,7 +143,7 @@ def main() -> int:
     ap.add_argument("--serve-cwboot", nargs=3, metavar=("STORE", "PORT_FILE", "WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_cwboot:
-        serve_cwboot(args.serve_cwboot[0], args.serve_cwboot[1], int(args.serve_cwboot[2]))
+        serve_cwboot(args.serve_cwboot[0], args.serve_cwboot[1], 0, int(args.serve_cwboot[2]))
         return 0
 
     from cwboot.sim.baseline import nginx_conf
