@@ -6,7 +6,8 @@
 ``--servers`` also takes cwboot-nohold and cwboot-old (CWBOOT_VARIANTS: the
 service with its batching hold, or with the fast path and the native loop, off);
 CWBOOT_BENCH_HOLD=<seconds> sets the hold of the cwboot variant,
-CWBOOT_BENCH_BATCH=<n> the native loop's batch size.
+CWBOOT_BENCH_BATCH=<n> the native loop's batch size, CWBOOT_BENCH_PACE=<factor> and
+CWBOOT_BENCH_PACE_FLOOR=<replies/s> its reply pacing (0: off).
 
 Two network namespaces joined by a veth pair (tests/services/dhcp_netns.py):
 the server runs pinned to CPU 0 (``taskset -c 0``) on 10.99.0.1, perfdhcp
@@ -75,6 +76,8 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
         dhcp_service.LOOP = "python"
     if os.environ.get("CWBOOT_BENCH_BATCH"):
         dhcp_service.BATCH = int(os.environ["CWBOOT_BENCH_BATCH"])
+    if os.environ.get("CWBOOT_BENCH_PACE_FLOOR"):
+        dhcp_service.PACE_FLOOR = float(os.environ["CWBOOT_BENCH_PACE_FLOOR"])
 
     pool = validate_new(
         "naming_pool", {"name": "default", "network": "10.99.0.0/16", "ip_offset": 1000}, 0.0
@@ -111,6 +114,7 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
                     fast=variant != "cwboot-old",
                     hold=0.0 if variant != "cwboot"
                     else float(os.environ.get("CWBOOT_BENCH_HOLD", dhcp_service.HOLD)),
+                    pace=float(os.environ.get("CWBOOT_BENCH_PACE", dhcp_service.PACE)),
                     task_status=task_status,
                 )
             )

@@ -58,6 +58,18 @@ cdef extern from "<sys/socket.h>":
         unsigned int msg_len
     struct timespec:
         pass
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr* CMSG_FIRSTHDR(msghdr* m) nogil
+    cmsghdr* CMSG_NXTHDR(msghdr* m, cmsghdr* c) nogil
+    unsigned char* CMSG_DATA(cmsghdr* c) nogil
+    size_t CMSG_SPACE(size_t n) nogil
+    int SOL_SOCKET
+    int SO_TIMESTAMPNS
+    int SCM_TIMESTAMPNS
+    int setsockopt(int fd, int level, int name, const void* value, socklen_t size) nogil
     int AF_INET
     int MSG_WAITFORONE
     int recvmmsg(int fd, mmsghdr* msgs, unsigned int n, int flags, timespec* timeout) nogil
@@ -76,6 +88,24 @@ cdef inline long long _now_ns() noexcept nogil:
     cdef timespec_t ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline long long _arrival_ns(msghdr* m) noexcept nogil:
+    """The kernel's receive timestamp of a datagram (SO_TIMESTAMPNS, CLOCK_REALTIME), 0 if none."""
+    cdef cmsghdr* c = CMSG_FIRSTHDR(m)
+    cdef timespec_t* ts
+    while c != NULL:
+        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
+            ts = <timespec_t*>CMSG_DATA(c)
+            return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+        c = CMSG_NXTHDR(m, c)
+    return 0
+
+
+# Pacing: the request arrival rate is measured over windows of at least this much arrival
+# time; a gap longer than PACE_IDLE_NS between two requests starts over (the floor applies).
+cdef long long PACE_WINDOW_NS = 10000000
+cdef long long PACE_IDLE_NS = 100000000
 
 
 cdef Py_ssize_t OFF_REPLY_TYPE = _spec.OFF_REPLY_TYPE
@@ -111,7 +141,8 @@ cdef int _flush(int fd, mmsghdr* smsgs, Py_ssize_t k, stats) except -1:
 
 
 def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_t batch=32,
-          Py_ssize_t max_datagram=4096, double hold=0.0, Py_ssize_t flush_every=0):
+          Py_ssize_t max_datagram=4096, double hold=0.0, Py_ssize_t flush_every=0,
+          double pace=0.0, double pace_floor=20000.0):
     """Serve ``fd`` (a blocking UDP socket with SO_RCVTIMEO) until ``stop.is_set()``.
 
     ``respond_fast`` may be None (every datagram takes the full path);
@@ -125,6 +156,21 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     wake-up and two system calls per batch instead of per datagram, for at most
     ``hold`` of added latency. An idle server still answers its first datagram
     at once.
+
+    ``pace`` (a factor, 0: off): send replies no faster on average than
+    ``pace`` x the rate at which requests arrived (the kernel's receive
+    timestamps, SO_TIMESTAMPNS, over windows of >= 10 ms of arrivals), and
+    never slower than ``pace_floor`` replies per second; one ``batch`` of
+    replies is the burst allowance (a GCRA token bucket; the loop sleeps after
+    a batch that used it up). Without it, a backlog (the server was
+    descheduled for a few ms, or a client sent a burst) is answered at the
+    codec's speed, hundreds of thousands of replies per second, and in a
+    relayed storm all of them go to one relay: a relay's (or perfdhcp's)
+    socket with Linux's default 212992-byte buffer holds ~166 of them (1280
+    bytes of kernel memory each on a veth) and drops the rest. The relay just
+    forwarded the requests at the arrival rate, so it can take the replies at
+    that rate; ``pace`` > 1 still drains a backlog (at ``pace - 1`` x the
+    arrival rate).
     """
     cdef unsigned char* bufs = <unsigned char*>malloc(batch * max_datagram)
     cdef mmsghdr* rmsgs = <mmsghdr*>malloc(batch * sizeof(mmsghdr))
@@ -141,15 +187,27 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     cdef unsigned int addr = 0
     cdef bint full_ran, busy
     cdef long long hold_ns = <long long>(hold * 1e9), t_prev = 0, t_now
-    cdef timespec_t nap
-    nap.tv_sec = hold_ns // 1000000000
-    nap.tv_nsec = hold_ns % 1000000000
+    # Pacing: gap_ns per reply; t_tat is the GCRA "theoretical arrival time" of the next reply;
+    # arrivals: win_first / win_last / win_count of the current window, rate_est (per second).
+    cdef long long gap_ns = 0, t_tat = 0, wait_ns, sent_ns, ts, win_first = 0, win_last = 0
+    cdef long long win_count = 0
+    cdef double rate_est = 0.0, limit
+    cdef Py_ssize_t ctl_size = CMSG_SPACE(sizeof(timespec_t))
+    cdef unsigned char* ctl = NULL
+    cdef int one = 1
+    cdef timespec_t pnap
     cdef object data, out, reply, dest, last_dest = None, keep
     cdef unsigned int last_addr = 0
     cdef int last_port = 0
     cdef bytes host
     replied = stats.replied
     try:
+        if pace > 0:
+            ctl = <unsigned char*>malloc(batch * ctl_size)
+            if not ctl:
+                raise MemoryError()
+            if setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
+                pace = 0  # no receive timestamps: no pacing
         memset(rmsgs, 0, batch * sizeof(mmsghdr))
         memset(smsgs, 0, batch * sizeof(mmsghdr))
         for i in range(batch):
@@ -166,6 +224,9 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
             for i in range(batch):
                 rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
                 rmsgs[i].msg_hdr.msg_flags = 0
+                if pace > 0:
+                    rmsgs[i].msg_hdr.msg_control = ctl + i * ctl_size
+                    rmsgs[i].msg_hdr.msg_controllen = ctl_size
             with nogil:
                 n = recvmmsg(fd, rmsgs, <unsigned int>batch, MSG_WAITFORONE, NULL)
                 e = errno
@@ -180,6 +241,27 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                 t_now = _now_ns()
                 busy = t_now - t_prev < 2 * hold_ns
                 t_prev = t_now
+            if pace > 0:  # the request arrival rate -> the gap between replies
+                for i in range(n):
+                    ts = _arrival_ns(&rmsgs[i].msg_hdr)
+                    if ts == 0:
+                        continue
+                    if win_first == 0 or ts - win_last > PACE_IDLE_NS:
+                        win_first = ts
+                        win_count = 0
+                        rate_est = 0.0
+                    else:
+                        win_count += 1
+                    win_last = ts
+                    if ts - win_first >= PACE_WINDOW_NS:
+                        limit = win_count * 1e9 / (ts - win_first)
+                        rate_est = limit if rate_est == 0.0 else 0.5 * (rate_est + limit)
+                        win_first = ts
+                        win_count = 0
+                limit = pace * rate_est
+                if limit < pace_floor:
+                    limit = pace_floor
+                gap_ns = <long long>(1e9 / limit)
             keep = []
             k = hits = offers = acks = 0
             full_ran = False
@@ -226,6 +308,13 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                     k = 0
                     keep = []
             _flush(fd, smsgs, k, stats)
+            wait_ns = 0
+            if gap_ns > 0 and k > 0:
+                sent_ns = _now_ns()
+                if t_tat < sent_ns - gap_ns * batch:  # one batch of allowance
+                    t_tat = sent_ns - gap_ns * batch
+                t_tat += k * gap_ns
+                wait_ns = t_tat - sent_ns
             if hits:
                 stats.received += hits
                 stats.fast += hits
@@ -236,7 +325,13 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
             if full_ran:
                 after_full()
             if busy and n < batch:  # a full batch: more are queued, read them now
+                if wait_ns < hold_ns:
+                    wait_ns = hold_ns
+            if wait_ns > 0:  # the hold, or the pace's allowance is used up
+                pnap.tv_sec = wait_ns // 1000000000
+                pnap.tv_nsec = wait_ns % 1000000000
                 with nogil:
-                    nanosleep(&nap, NULL)
+                    nanosleep(&pnap, NULL)
     finally:
         free(bufs); free(rmsgs); free(riov); free(rnames); free(smsgs); free(siov); free(snames)
+        free(ctl)

@@ -85,6 +85,12 @@ BATCH = 32
 # Native loop only: under sustained traffic, wait this long after a batch so the next
 # recvmmsg takes several datagrams (see ext/dhcp_loop.pyx); 0 turns it off.
 HOLD = 0.001
+# Native loop only: replies go out no faster on average than PACE x the rate at which
+# requests arrived (kernel receive timestamps), and never slower than PACE_FLOOR per second,
+# so a backlog is not answered faster than a relay's socket can take it (see
+# ext/dhcp_loop.pyx); PACE = 0 turns it off.
+PACE = 1.25
+PACE_FLOOR = 20_000.0
 
 # Unknown MACs waiting for the enrol task; more are dropped (counted) until it catches up.
 ENROL_QUEUE = 1024
@@ -258,6 +264,7 @@ def _serve_socket_native(
     notify_enrol: Callable[[], None] | None,
     stop: threading.Event,
     hold: float = HOLD,
+    pace: float = PACE,
 ) -> None:
     """The receive loop in C (ext/dhcp_loop.pyx): recvmmsg/sendmmsg batches, GIL released while blocked."""
     assert _loop_c is not None
@@ -273,7 +280,7 @@ def _serve_socket_native(
     fast = None if boot_server else responder._fast_respond
     _loop_c.serve(
         sock.fileno(), fast, respond_full, responder.stats, stop, after_full, BATCH, MAX_DATAGRAM,
-        hold,
+        hold, 0, pace, PACE_FLOOR,
     )
 
 
@@ -316,6 +323,7 @@ async def _serve_socket(
     boot_server: bool,
     notify_enrol: Callable[[], None] | None,
     hold: float = HOLD,
+    pace: float = PACE,
 ) -> None:
     """Run the receive loop in a worker thread until cancelled (then it stops within POLL_INTERVAL)."""
     stop = threading.Event()
@@ -345,7 +353,7 @@ async def _serve_socket(
         # the default limiter's tokens that other to_thread users (the etcd client) share.
         if LOOP == "native":
             await trio.to_thread.run_sync(
-                partial(_serve_socket_native, hold=hold),
+                partial(_serve_socket_native, hold=hold, pace=pace),
                 sock,
                 responder,
                 boot_server,
@@ -420,13 +428,15 @@ async def serve_dhcp(
     enrol: Callable[[str], Awaitable[Any]] | None = None,
     fast: bool = True,
     hold: float = HOLD,
+    pace: float = PACE,
     task_status: trio.TaskStatus[DhcpBound] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve DHCP (``config`` is a cwboot.config.DhcpConfig) until cancelled.
 
     ``fast=False`` turns the compiled-template fast path off (every datagram takes
     the full path; for comparisons); ``hold`` is the native loop's batching wait
-    (``HOLD``; 0: answer every datagram as soon as it is read).
+    (``HOLD``; 0: answer every datagram as soon as it is read); ``pace`` its reply
+    pacing (``PACE`` x the request arrival rate; 0: off).
     """
     policy = BootPolicy.from_config(config, head_address=head_address, http_port=http_port)
     stats = DhcpStats()
@@ -450,9 +460,9 @@ async def serve_dhcp(
                 nursery.start_soon(enroller.run)
                 notify = enroller.notify
             main = sockets[0]
-            nursery.start_soon(_serve_socket, main, responder, False, notify, hold)
+            nursery.start_soon(_serve_socket, main, responder, False, notify, hold, pace)
             if len(sockets) > 1:
-                nursery.start_soon(_serve_socket, sockets[1], responder, True, notify, hold)
+                nursery.start_soon(_serve_socket, sockets[1], responder, True, notify, hold, pace)
             address, port = main.getsockname()
             task_status.started(
                 DhcpBound(
