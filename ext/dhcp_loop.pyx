@@ -142,7 +142,7 @@ cdef int _flush(int fd, mmsghdr* smsgs, Py_ssize_t k, stats) except -1:
 
 def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_t batch=32,
           Py_ssize_t max_datagram=4096, double hold=0.0, Py_ssize_t flush_every=0,
-          double pace=0.0, double pace_floor=20000.0):
+          double pace=0.0, double pace_floor=20000.0, idle=None):
     """Serve ``fd`` (a blocking UDP socket with SO_RCVTIMEO) until ``stop.is_set()``.
 
     ``respond_fast`` may be None (every datagram takes the full path);
@@ -156,6 +156,9 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     wake-up and two system calls per batch instead of per datagram, for at most
     ``hold`` of added latency. An idle server still answers its first datagram
     at once.
+
+    ``idle()`` (if given) is called whenever the receive timeout expired with
+    nothing received: the service compiles fast-path templates there.
 
     ``pace`` (a factor, 0: off): send replies no faster on average than
     ``pace`` x the rate at which requests arrived (the kernel's receive
@@ -231,7 +234,10 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                 n = recvmmsg(fd, rmsgs, <unsigned int>batch, MSG_WAITFORONE, NULL)
                 e = errno
             if n < 0:
-                if e != EAGAIN and e != EINTR:  # EAGAIN: SO_RCVTIMEO expired (EWOULDBLOCK on Linux)
+                if e == EAGAIN:  # SO_RCVTIMEO expired (EWOULDBLOCK on Linux): idle
+                    if idle is not None:
+                        idle()
+                elif e != EINTR:
                     stats.dropped["receive failed: " + _errname(e)] += 1
                 continue
             busy = False

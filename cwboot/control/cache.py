@@ -179,6 +179,10 @@ class ObjectCache:
         """``mac`` normalized as aa:bb:cc:dd:ee:ff."""
         return self._indexes.by_mac.get(mac)
 
+    def macs(self) -> list[str]:
+        """Every node MAC (normalized); the DHCP service compiles answers for them when idle."""
+        return list(self._indexes.by_mac)
+
     def node_by_hwaddr(self, hwaddr: bytes) -> dict[str, Any] | None:
         """By the 6 raw bytes of a DHCP chaddr: no formatting on the hot path."""
         return self._indexes.by_mac_bytes.get(hwaddr)

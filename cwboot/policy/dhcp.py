@@ -33,7 +33,7 @@ an offer that has no address for a ProxyDHCP offer).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -435,6 +435,18 @@ class FastPath:
     memo): checked again whenever the lookup's ``revision`` changed since the
     last check (every time for a lookup without one). Not compiled: proxy mode,
     replies with a warning (the full path counts them), NAKs, INFORM.
+
+    ``warm(pairs)`` compiles templates before a node's first request: for each
+    (MAC, client class) it runs ``decide`` on a DISCOVER carrying exactly that
+    class's raw options 77, 60 and 93 (the memo key: nothing else in a request
+    changes the template) and ``learn``s it, so the template is the one the
+    first real request would have compiled. The classes: ``WARM_CLASSES``
+    (no 77/60/93: perfdhcp, dhclient, udhcpc without a vendor class), then the
+    classes of the requests this fast path has compiled templates for
+    (``classes``: a PXE ROM's or an iPXE build's exact strings, learned from
+    the first node of each; at most ``MAX_LEARNED_CLASSES``). Warming stops at
+    half the responder's ``max_entries`` so that it never makes the table clear
+    itself.
     """
 
     def __init__(
@@ -453,6 +465,9 @@ class FastPath:
         self.respond: Callable[[bytes], tuple[bytes, tuple[str, int]] | None] = (
             self.responder.respond
         )
+        # Client classes to warm (dict as an ordered set); ``classes_version`` moves when one is added.
+        self.classes: dict[ClientClass, None] = dict.fromkeys(WARM_CLASSES)
+        self.classes_version = 0
 
     def _check(self, owner: Any) -> bool:
         mac: str = owner[0]
@@ -490,7 +505,55 @@ class FastPath:
         end = len(offer.rstrip(b"\0")) - 1  # END is the last byte build_reply writes; PAD follows
         self.responder.add(key, offer, end, template.yiaddr, template.kind in (PXE, HTTP),
                            (mac, node, pool), revision)  # fmt: skip
+        cls = (user, vendor, arch)
+        if cls not in self.classes and len(self.classes) < len(WARM_CLASSES) + MAX_LEARNED_CLASSES:
+            self.classes[cls] = None
+            self.classes_version += 1
         return True
+
+    def warm(self, pairs: Iterable[tuple[str, ClientClass]]) -> int:
+        """Compile the templates of (MAC, client class) pairs not compiled yet; how many were.
+
+        Stops early (returns) once the responder holds half its ``max_entries``.
+        """
+        entries = self.responder.entries
+        budget = self.responder.max_entries // 2
+        decide = self.policy.decide
+        lookup = self.lookup
+        compiled = 0
+        for mac, (user, vendor, arch) in pairs:
+            if len(entries) >= budget:
+                break
+            try:
+                hwaddr = bytes.fromhex(mac.replace(":", ""))
+            except ValueError:
+                continue
+            if len(hwaddr) != 6:
+                continue
+            key = dhcp.fast_key(hwaddr, user, vendor, arch)
+            if key is None or key in entries:
+                continue
+            options = {dhcp.OPT_MESSAGE_TYPE: bytes((dhcp.DHCPDISCOVER,))}
+            for code, value in ((dhcp.OPT_USER_CLASS, user), (dhcp.OPT_VENDOR_CLASS, vendor),
+                                (dhcp.OPT_CLIENT_ARCH, arch)):  # fmt: skip
+                if value is not None:
+                    options[code] = value
+            request = _BLANK_REQUEST._replace(
+                chaddr=hwaddr + bytes(dhcp.CHADDR_LEN - 6), options=options, mac=mac
+            )
+            if type(decide(request, lookup)) is Reply and self.learn(request):
+                compiled += 1
+        return compiled
+
+
+# A client class: the raw options 77 (user class), 60 (vendor class), 93 (architecture) a
+# client sends, None when absent; with the MAC it is the template key.
+ClientClass = tuple[bytes | None, bytes | None, bytes | None]
+# Warmed for every node before anything is learned: clients without 77/60/93 (perfdhcp,
+# dhclient). PXE ROMs and iPXE builds send their own strings (see the golden captures:
+# four different option 60 values from two QEMU firmwares alone), so those are learned.
+WARM_CLASSES: tuple[ClientClass, ...] = ((None, None, None),)
+MAX_LEARNED_CLASSES = 8
 
 
 # What FastPath.learn builds a template for: every field the fast path copies from the

@@ -33,6 +33,9 @@ class NodeTable:
     def node_by_mac(self, mac: str) -> Mapping[str, Any] | None:
         return self._by_mac.get(mac)
 
+    def macs(self) -> list[str]:
+        return list(self._by_mac)
+
     def get(self, kind: str, ref: str) -> Mapping[str, Any] | None:
         return self._objects.get(kind, {}).get(ref)
 

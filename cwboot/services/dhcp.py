@@ -22,7 +22,13 @@ and two system calls serve several datagrams; otherwise (``LOOP = "python"``)
 one recvfrom and one sendto per datagram (measured with perfdhcp at 5,000
 DORA/s: 60 us of server CPU per DORA that way, 101 us with a trio loop that
 drained the socket in non-blocking batches after each wait_readable; see
-docs/dhcp.md for the native loop's figures). The handler only reads the
+docs/dhcp.md for the native loop's figures). The native loop also paces its
+replies (``PACE``: no faster than 1.25 x the rate requests arrived, at least
+``PACE_FLOOR`` per second), so a backlog is not dumped onto one relay faster
+than its socket can take it. When the socket has been idle for ``POLL_INTERVAL``
+the receive thread compiles fast-path templates ahead of the nodes' first
+requests (``_Warmer``: every node MAC x the client classes of
+``FastPath.classes``), stopping as soon as a datagram waits. The handler only reads the
 lookup (plain dict reads, atomic under the GIL) and writes the counters (in
 proxy mode two threads share them, so a count may rarely miss one); cancellation
 stops the thread within ``POLL_INTERVAL``. Enrolment requests go back into
@@ -51,19 +57,29 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import select
 import socket
 import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from typing import Any
 
 import trio
 
-from cwboot.policy.dhcp import BootPolicy, Enrol, FastPath, NodeLookup, Reply, send_decision
+from cwboot.policy.dhcp import (
+    BootPolicy,
+    ClientClass,
+    Enrol,
+    FastPath,
+    NodeLookup,
+    Reply,
+    send_decision,
+)
 from cwboot.policy.token_bucket import TokenBucket
 from cwboot.protocol.dhcp import BadPacket, DhcpPacket, build_reply, parse_untrusted
 from cwboot.protocol.dhcp import _spec as dhcp_spec
@@ -92,6 +108,9 @@ HOLD = 0.001
 PACE = 1.25
 PACE_FLOOR = 20_000.0
 
+# Idle warming: (MAC, client class) pairs compiled between two looks at the socket.
+WARM_CHUNK = 32
+
 # Unknown MACs waiting for the enrol task; more are dropped (counted) until it catches up.
 ENROL_QUEUE = 1024
 MAX_DATAGRAM = 4096
@@ -112,6 +131,9 @@ class DhcpStats:
     enrol_failed: int = 0
     # Of ``replied``, how many the fast path (compiled templates) answered.
     fast: int = 0
+    # Templates compiled ahead of a node's first request (idle warming), and completed sweeps.
+    warmed: int = 0
+    warm_sweeps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +144,8 @@ class DhcpStats:
             "enrolled": self.enrolled,
             "enrol_failed": self.enrol_failed,
             "fast": self.fast,
+            "warmed": self.warmed,
+            "warm_sweeps": self.warm_sweeps,
         }
 
 
@@ -239,6 +263,54 @@ class DhcpResponder:
         return reply, (dest.address, dest.port)
 
 
+class _Warmer:
+    """Compiles fast-path templates in the receive thread while its socket is idle.
+
+    Called by the receive loop when its receive timeout (``POLL_INTERVAL``) expired
+    with nothing received. A sweep covers every node MAC the lookup lists
+    (``lookup.macs()``; a lookup without it is not warmed) for every client class
+    of ``FastPath.classes``; a new sweep starts when the lookup's revision or the
+    classes changed (already compiled pairs are skipped at the cost of a dict
+    lookup). Between chunks of ``WARM_CHUNK`` pairs it polls the socket and returns
+    as soon as a datagram waits, so a request is delayed by one chunk at most
+    (~0.3 ms); a sweep that was cut short goes on at the next idle moment.
+    """
+
+    def __init__(self, fast: FastPath, lookup: Any, stats: DhcpStats, fd: int) -> None:
+        self.fast = fast
+        self.lookup = lookup
+        self.stats = stats
+        self.macs: Callable[[], list[str]] | None = getattr(lookup, "macs", None)
+        self.poll = select.poll()
+        self.poll.register(fd, select.POLLIN)
+        self.state: object = None
+        self.pending: Iterator[tuple[str, ClientClass]] | None = None
+
+    def idle(self) -> None:
+        if self.macs is None:
+            return
+        try:
+            state = (getattr(self.lookup, "revision", None), self.fast.classes_version)
+            if state != self.state:
+                self.state = state
+                macs = self.macs()
+                classes = list(self.fast.classes)
+                self.pending = ((mac, cls) for cls in classes for mac in macs)
+            pending = self.pending
+            while pending is not None:
+                chunk = list(islice(pending, WARM_CHUNK))
+                if not chunk:
+                    self.pending = None
+                    self.stats.warm_sweeps += 1
+                    return
+                self.stats.warmed += self.fast.warm(chunk)
+                if self.poll.poll(0):  # a datagram waits: answer it first
+                    return
+        except Exception:  # warming is an optimisation: never stop the receive loop for it
+            log.exception("dhcp: warming fast-path templates failed")
+            self.pending = None
+
+
 def _open_socket(address: str, port: int, interface: str, rcvbuf: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -278,9 +350,12 @@ def _serve_socket_native(
             notify_enrol()
 
     fast = None if boot_server else responder._fast_respond
+    warmer = None
+    if fast is not None and responder.fast is not None:
+        warmer = _Warmer(responder.fast, responder.lookup, responder.stats, sock.fileno())
     _loop_c.serve(
         sock.fileno(), fast, respond_full, responder.stats, stop, after_full, BATCH, MAX_DATAGRAM,
-        hold, 0, pace, PACE_FLOOR,
+        hold, 0, pace, PACE_FLOOR, warmer.idle if warmer is not None else None,
     )
 
 
@@ -299,10 +374,15 @@ def _serve_socket_blocking(
     respond = responder.respond
     recvfrom = sock.recvfrom
     sendto = sock.sendto
+    warmer = None
+    if not boot_server and responder.fast is not None:
+        warmer = _Warmer(responder.fast, responder.lookup, stats, sock.fileno())
     while not stop.is_set():
         try:
             data, source = recvfrom(MAX_DATAGRAM)
-        except BlockingIOError:  # SO_RCVTIMEO expired: look at ``stop`` again
+        except BlockingIOError:  # SO_RCVTIMEO expired: idle; look at ``stop`` again
+            if warmer is not None:
+                warmer.idle()
             continue
         except OSError as exc:  # e.g. ICMP errors surfaced on the socket
             stats.dropped[f"receive failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1

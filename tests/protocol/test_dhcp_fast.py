@@ -355,3 +355,111 @@ def test_golden_capture_through_the_fast_path(capture: Path, variant: str, backe
     assert out == full
     reply_text = expected.read_text().split("# reply\n", 1)[1]
     assert render(_wire_py.parse_untrusted(out[0])) + "\n" == reply_text
+
+
+# -- warmed templates (FastPath.warm: compiled before a node's first request)
+
+# The client classes the generated requests use (raw 77, 60, 93), mostly well-formed.
+classes = st.tuples(profiles.map(lambda p: p[1]), profiles.map(lambda p: p[2]),
+                    profiles.map(lambda p: p[3]))  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(classes, max_size=4), sequences())
+def test_warmed_fast_path_equals_full_path(warm: list[Any], batch: list[bytes]) -> None:
+    """Warmed for every MAC (known or not) and some classes before any request: every fast
+    answer is still the full path's, and the backends agree."""
+    pair = Pair()
+    for fp in pair.fast:
+        fp.warm((mac, cls) for cls in [*fp.classes, *warm] for mac in MACS + UNKNOWN)
+    assert len(pair.fast[0].responder.entries) == len(pair.fast[1].responder.entries)
+    for data in batch:
+        pair.step(data)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(classes, min_size=1, max_size=3), sequences())
+def test_warmed_fast_path_follows_node_table_changes(warm: list[Any], after: list[bytes]) -> None:
+    pair = Pair()
+    for fp in pair.fast:
+        fp.warm((mac, cls) for cls in warm for mac in MACS)
+    assert isinstance(pair.lookup, NodeTable)
+    pair.lookup.add({**validate_new("node", {"index": 0, "mac": [MACS[0]], "ip": "10.54.3.3"}, 0.0),
+                     "name": "n0"})  # fmt: skip
+    for data in after:
+        pair.step(data)
+
+
+def class_of(data: bytes) -> Any:
+    """The client class (raw 77, 60, 93) a request carries."""
+    options = _wire_py.parse_untrusted(data).options
+    return options.get(77), options.get(60), options.get(93)
+
+
+@pytest.mark.parametrize("name", list(COMMON))
+def test_warmed_common_requests_take_the_fast_path_at_once(name: str) -> None:
+    pair = Pair()
+    data = COMMON[name]
+    for fp in pair.fast:
+        assert fp.warm((mac, class_of(data)) for mac in MACS) == len(MACS)
+        assert fp.warm((mac, class_of(data)) for mac in MACS) == 0  # already there
+    full, _ = full_path(pair.policy, pair.lookup, data)
+    for fp in pair.fast:
+        assert fp.respond(data) == full  # the first request of this node and class
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
+def test_learned_classes_are_warmed_and_bounded(backend: ModuleType) -> None:
+    """A class compiled once (its first node) joins ``classes``; the default is the plain one."""
+    pair = Pair()
+    fp = FastPath(pair.policy, pair.lookup, backend=backend)
+    assert list(fp.classes) == [(None, None, None)]
+    data = COMMON["pxe-bios-discover"]
+    full_path(pair.policy, pair.lookup, data)  # the full path answers, then learn
+    fp.learn(backend.parse_untrusted(data))
+    assert list(fp.classes) == [(None, None, None), class_of(data)]
+    assert fp.classes_version == 1
+    # Another node of the class: answered at once once warmed.
+    other = request_bytes(mac=MACS[1], flags=0x8000, options=[(53, b"\x01"), *pxe_options(0)])
+    assert fp.respond(other) is None
+    fp.warm((mac, cls) for cls in fp.classes for mac in MACS)
+    assert fp.respond(other) == full_path(pair.policy, pair.lookup, other)[0]
+    for i in range(20):  # at most MAX_LEARNED_CLASSES more
+        data = request_bytes(mac=MACS[0], options=[
+            (53, b"\x01"), (60, b"PXEClient:Arch:00000:UNDI:0020%02d" % i), (93, b"\x00\x00")])  # fmt: skip
+        full_path(pair.policy, pair.lookup, data)
+        fp.learn(backend.parse_untrusted(data))
+    assert len(fp.classes) == 1 + 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
+def test_warming_stops_at_half_the_table(backend: ModuleType) -> None:
+    pair = Pair()
+    fp = FastPath(pair.policy, pair.lookup, backend=backend)
+    fp.responder.max_entries = 6
+    plain = (None, None, None)
+    compiled = fp.warm((mac, cls) for cls in [plain, class_of(COMMON["pxe-bios-discover"])] for mac in MACS)
+    assert compiled == 3 and len(fp.responder.entries) == 3
+
+
+@pytest.mark.parametrize(
+    ("capture", "variant"),
+    [c for c in CASES if c[1] != "proxy"],
+    ids=[f"{p.stem}-{v}" if v else p.stem for p, v in CASES if v != "proxy"],
+)
+@pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
+def test_golden_capture_through_the_warmed_fast_path(capture: Path, variant: str, backend: ModuleType) -> None:
+    """Warmed with the capture's class before it arrives: the same bytes as the full path at once."""
+    data = capture.read_bytes()
+    request = _wire_py.parse_untrusted(data)
+    lookup = table(request, seeded=variant != "nak")
+    policy = BootPolicy(head_address="10.99.0.1", http_port=8081, router="10.99.0.1")
+    fast = FastPath(policy, lookup, backend=backend)
+    fast.warm([(request.mac, class_of(data))])
+    out = fast.respond(data)
+    full, _ = full_path(policy, lookup, data)
+    expected = capture.with_name(f"{capture.stem}-{variant}.txt" if variant else f"{capture.stem}.txt")
+    if variant == "nak" or "# warnings" in expected.read_text():
+        assert out is None
+        return
+    assert out == full

@@ -386,3 +386,38 @@ def test_a_burst_is_answered_in_batches_without_loss(pair: NetnsPair) -> None:
         assert bound.stats.dropped == {}
 
     run(pair, body, table)
+
+
+def test_idle_warming_answers_a_nodes_first_request_from_a_template(pair: NetnsPair) -> None:
+    """While idle the service compiles templates for every node: a first plain DISCOVER takes
+    the fast path at once; a PXE ROM's class, learned from one node, is warmed for the others."""
+    macs = [MAC, "52:54:00:00:00:08"]
+    pool = validate_new("naming_pool", {"name": "default", "network": "10.99.0.0/24", "ip_offset": 100}, 0.0)
+    table = NodeTable(
+        [{**validate_new("node", {"index": 7 + i, "mac": [m]}, 0.0), "name": f"n{7 + i}"} for i, m in enumerate(macs)],
+        [pool],
+    )
+
+    async def sweeps(bound: DhcpBound, count: int) -> None:
+        with trio.fail_after(5):
+            while bound.stats.warm_sweeps < count:
+                await trio.sleep(0.05)
+
+    async def body(bound: DhcpBound) -> None:
+        await sweeps(bound, 1)
+        assert bound.stats.warmed == 2  # the plain class, both nodes
+        sock = client_socket(pair)
+        await sock.bind(("0.0.0.0", 68))
+        data, _ = await exchange(sock, discover(MAC, xid=1, flags=0x8000))
+        assert parse_untrusted(data).yiaddr == bytes((10, 99, 0, 107))
+        assert bound.stats.fast == 1
+        # The first PXE DISCOVER (full path) teaches its class; the next idle sweep warms it.
+        await exchange(sock, discover(MAC, *pxe_options(7), xid=2, flags=0x8000))
+        assert bound.stats.fast == 1
+        await sweeps(bound, 2)
+        data, _ = await exchange(sock, discover(macs[1], *pxe_options(7), xid=3, flags=0x8000))
+        assert parse_untrusted(data).yiaddr == bytes((10, 99, 0, 108))
+        assert bound.stats.fast == 2 and bound.stats.warmed == 3
+        assert bound.stats.replied == {"offer": 3} and bound.stats.dropped == {}
+
+    run(pair, body, table)
