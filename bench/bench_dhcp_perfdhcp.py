@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_dhcp_perfdhcp.py [--rates 2000,4000,...] [--seconds 5]
         [--cpu-rate 1000] [--servers cwboot,kea,dnsmasq] [--enrol]
 
-``--servers`` also takes cwboot-nohold and cwboot-old (CWBOOT_VARIANTS: the
-service with its batching hold, or with the fast path and the native loop, off);
+``--servers`` also takes cwboot-nohold, cwboot-prev, cwboot-old and cwboot-pyloop
+(CWBOOT_VARIANTS: the service with its batching hold off; without reply pacing and
+idle warming; with the fast path and the native loop off; ...);
 CWBOOT_BENCH_HOLD=<seconds> sets the hold of the cwboot variant,
 CWBOOT_BENCH_BATCH=<n> the native loop's batch size, CWBOOT_BENCH_PACE=<factor> and
 CWBOOT_BENCH_PACE_FLOOR=<replies/s> its reply pacing (0: off), CWBOOT_BENCH_WARM=0 turns
@@ -58,6 +59,7 @@ CLIENTS = 50000
 CWBOOT_VARIANTS = {
     "cwboot": "default: native recvmmsg/sendmmsg loop, fast path, 1 ms hold under load",
     "cwboot-nohold": "native loop and fast path, hold 0 (every datagram answered as soon as read)",
+    "cwboot-prev": "native loop, fast path, 1 ms hold; no reply pacing, no idle warming (the service before them)",
     "cwboot-old": "the service before the fast path: Python recvfrom/sendto loop, full path only",
     "cwboot-pyloop": "fast path with the Python recvfrom/sendto loop (no batching, no hold)",
 }
@@ -78,7 +80,7 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
         dhcp_service.LOOP = "python"
     if os.environ.get("CWBOOT_BENCH_BATCH"):
         dhcp_service.BATCH = int(os.environ["CWBOOT_BENCH_BATCH"])
-    warm = variant != "cwboot-old" and os.environ.get("CWBOOT_BENCH_WARM", "1") != "0"
+    warm = variant not in ("cwboot-old", "cwboot-prev") and os.environ.get("CWBOOT_BENCH_WARM", "1") != "0"
     if not warm:  # every node's first request compiles its template (the service before warming)
         dhcp_service._Warmer.idle = lambda self: None  # type: ignore[method-assign]
     if os.environ.get("CWBOOT_BENCH_PACE_FLOOR"):
@@ -117,9 +119,10 @@ def serve_cwboot(interface: str, enrol: bool, variant: str = "cwboot") -> None:
                     http_port=8081,
                     enrol=enrol_node,
                     fast=variant != "cwboot-old",
-                    hold=0.0 if variant != "cwboot"
+                    hold=0.0 if variant not in ("cwboot", "cwboot-prev")
                     else float(os.environ.get("CWBOOT_BENCH_HOLD", dhcp_service.HOLD)),
-                    pace=float(os.environ.get("CWBOOT_BENCH_PACE", dhcp_service.PACE)),
+                    pace=0.0 if variant == "cwboot-prev"
+                    else float(os.environ.get("CWBOOT_BENCH_PACE", dhcp_service.PACE)),
                     task_status=task_status,
                 )
             )

@@ -80,6 +80,7 @@ cdef extern from "<time.h>":
         long tv_sec
         long tv_nsec
     int CLOCK_MONOTONIC
+    int CLOCK_REALTIME
     int clock_gettime(int clk, timespec_t* ts) nogil
     int nanosleep(const timespec_t* req, timespec_t* rem) nogil
 
@@ -106,6 +107,9 @@ cdef inline long long _arrival_ns(msghdr* m) noexcept nogil:
 # time; a gap longer than PACE_IDLE_NS between two requests starts over (the floor applies).
 cdef long long PACE_WINDOW_NS = 10000000
 cdef long long PACE_IDLE_NS = 100000000
+# A backlog older than this (the last datagram of a batch waited longer) is drained at full
+# speed: pacing it would only move the overflow into the server's own socket.
+cdef long long PACE_MAX_DELAY_NS = 20000000
 
 
 cdef Py_ssize_t OFF_REPLY_TYPE = _spec.OFF_REPLY_TYPE
@@ -173,7 +177,10 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     bytes of kernel memory each on a veth) and drops the rest. The relay just
     forwarded the requests at the arrival rate, so it can take the replies at
     that rate; ``pace`` > 1 still drains a backlog (at ``pace - 1`` x the
-    arrival rate).
+    arrival rate). A backlog whose newest datagram already waited more than
+    20 ms is drained at full speed instead: pacing it would only move the
+    overflow into the server's own socket (measured: without warming, the
+    server's 8 MB socket overflowed at 16,000-20,000 DORA/s).
     """
     cdef unsigned char* bufs = <unsigned char*>malloc(batch * max_datagram)
     cdef mmsghdr* rmsgs = <mmsghdr*>malloc(batch * sizeof(mmsghdr))
@@ -188,7 +195,7 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
     cdef Py_ssize_t i, k, hits, offers, acks
     cdef int n, r, e, port
     cdef unsigned int addr = 0
-    cdef bint full_ran, busy
+    cdef bint full_ran, busy, drain
     cdef long long hold_ns = <long long>(hold * 1e9), t_prev = 0, t_now
     # Pacing: gap_ns per reply; t_tat is the GCRA "theoretical arrival time" of the next reply;
     # arrivals: win_first / win_last / win_count of the current window, rate_est (per second).
@@ -248,6 +255,7 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                 busy = t_now - t_prev < 2 * hold_ns
                 t_prev = t_now
             if pace > 0:  # the request arrival rate -> the gap between replies
+                ts = 0
                 for i in range(n):
                     ts = _arrival_ns(&rmsgs[i].msg_hdr)
                     if ts == 0:
@@ -265,9 +273,17 @@ def serve(int fd, respond_fast, respond_full, stats, stop, after_full, Py_ssize_
                         win_first = ts
                         win_count = 0
                 limit = pace * rate_est
-                if limit < pace_floor:
-                    limit = pace_floor
-                gap_ns = <long long>(1e9 / limit)
+                drain = False
+                if ts != 0:  # the newest datagram's queueing delay
+                    clock_gettime(CLOCK_REALTIME, &pnap)
+                    drain = <long long>pnap.tv_sec * 1000000000 + pnap.tv_nsec - ts > PACE_MAX_DELAY_NS
+                if drain:  # a large backlog: at full speed
+                    gap_ns = 0
+                    t_tat = 0
+                else:
+                    if limit < pace_floor:
+                        limit = pace_floor
+                    gap_ns = <long long>(1e9 / limit)
             keep = []
             k = hits = offers = acks = 0
             full_ran = False
