@@ -3,7 +3,9 @@
 ``python -m cwboot.sim.head_process --set section.key=value ...`` loads the
 configuration (overrides only; no config file is read unless CWBOOT_CONFIG
 names one), starts ``cwboot.head.run_head`` and prints one JSON line with the
-bound ports, then serves until killed. The storm measures this process's CPU
+bound ports, then serves until SIGTERM/SIGINT, when it prints one more line,
+``{"final_stats": ...}`` (every service's counters, drops by reason, as
+``GET /api/v1/stats`` has them) and exits. The storm measures this process's CPU
 and memory, so the head never shares a core or a GIL with the simulated nodes.
 
 ``seed`` writes what a storm needs into the head's (embedded) store before it
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -98,11 +101,18 @@ async def seed(
 
 
 async def _main(config: Config) -> None:
-    from cwboot.head import run_head
+    from cwboot.head import run_head, service_stats
 
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(functools.partial(run_head, config))
-        print(json.dumps(ports_of(bound)), flush=True)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(functools.partial(run_head, config))
+            print(json.dumps(ports_of(bound)), flush=True)
+            async for _ in signals:
+                # The storm reads this after the run: every service's counters, drops by reason.
+                final = service_stats(bound, trio.current_time())
+                print(json.dumps({"final_stats": final}, default=str), flush=True)
+                nursery.cancel_scope.cancel()
+                break
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,8 @@ TARGETS = ("head", "running", "dnsmasq")
 # "": all nodes at once (or launch_rate); "ipmi": cwboot's power service in this harness;
 # "head-api": the head under test, through its REST API (see StormOptions.power).
 POWER_MODES = ("", "ipmi", "head-api")
+# What the head may print after its ports line (its final counters) that the storm reads.
+MAX_FINAL_OUTPUT = 1 << 20
 
 
 @dataclass
@@ -151,6 +154,8 @@ class StormReport:
     settings: dict[str, Any]
     # --power head-api: the head's power-on through its API (see _HeadPower.result).
     power: dict[str, Any] = field(default_factory=dict)
+    # Target "head": the head's own counters at the end ({service: {drops: {reason: n}, ...}}).
+    server_counters: dict[str, Any] = field(default_factory=dict)
     node_results: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_json(self, *, with_nodes: bool = False) -> str:
@@ -184,6 +189,14 @@ class StormReport:
         lines.append(
             f"  503 waits {self.waits}, retries {self.retries or 0}, errors {self.errors or 0}"
         )
+        drops = {
+            f"{service} {reason}": n
+            for service, counters in sorted(self.server_counters.items())
+            for reason, n in sorted((counters.get("drops") or {}).items())
+            if n
+        }
+        if self.server_counters:
+            lines.append(f"  server drops {drops or 0}")
         p = self.power
         if p:
             lines.append(
@@ -305,6 +318,40 @@ def _start_process(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], 
         _stop(proc)
         raise RuntimeError(f"{cmd[-1]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
     return proc, line
+
+
+def _final_counters(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Stop the head (SIGTERM) and read the counters it prints on the way out ({} if it does not)."""
+    assert proc.stdout is not None
+    if proc.poll() is None:
+        proc.terminate()
+    fd = proc.stdout.fileno()
+    rest = b""
+    deadline = time.monotonic() + 10
+    try:
+        # Until end of file (the head and every child that shares its stdout are gone), a line
+        # with the counters, or 10 s: whichever comes first.
+        while not (b"final_stats" in rest and rest.endswith(b"\n")) and len(rest) < MAX_FINAL_OUTPUT:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            rest += data
+    except (OSError, ValueError):
+        return {}
+    finally:
+        _stop(proc)  # waits (killing it after 10 s) and closes the pipe
+    for line in rest.decode(errors="replace").splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        final = doc.get("final_stats") if isinstance(doc, dict) else None
+        if isinstance(final, dict):
+            return final
+    return {}
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -717,6 +764,7 @@ async def run_storm(options: StormOptions) -> StormReport:
             report = await _storm(options, link, targets, image_url, [proc.pid], fl, digests,
                                   head_power=head_power)  # fmt: skip
             nursery.cancel_scope.cancel()
+        report.server_counters = await trio.to_thread.run_sync(_final_counters, proc)
         return report
     finally:
         for proc in procs:

@@ -45,7 +45,13 @@ def test_storm_50_nodes_through_a_head() -> None:
     report = trio.run(run_storm, options)
     _check(report, 50)
     assert report.floor["bytes_per_second"] > 0 and report.floor["wall_over_floor"] > 0
+    assert report.floor["samples"] == 3 and report.floor["slowest_sample_bytes_per_second"] > 0
     assert "dhcp_pxe" in report.phases and report.phases["rootfs"]["p50"] > 0
+    # The head's own counters at the end, as it printed them when stopped.
+    counters = report.server_counters
+    assert counters["http"]["requests"] >= 50 * (len(report.phases) - 2)
+    assert sum(counters["dhcp"]["replied"].values()) >= 4 * 50
+    assert "drops" in counters["tftp"] and "server drops" in report.summary()
 
 
 def test_storm_stream_mode_with_a_tight_stream_budget() -> None:
