@@ -431,26 +431,10 @@ async def _serve_socket(
         nursery.start_soon(stop_when_cancelled)
         # Its own limiter: this thread lives as long as the service and must not hold one of
         # the default limiter's tokens that other to_thread users (the etcd client) share.
-        if LOOP == "native":
-            await trio.to_thread.run_sync(
-                partial(_serve_socket_native, hold=hold, pace=pace),
-                sock,
-                responder,
-                boot_server,
-                notify,
-                stop,
-                limiter=trio.CapacityLimiter(1),
-            )
-        else:
-            await trio.to_thread.run_sync(
-                _serve_socket_blocking,
-                sock,
-                responder,
-                boot_server,
-                notify,
-                stop,
-                limiter=trio.CapacityLimiter(1),
-            )
+        loop = partial(_serve_socket_native, hold=hold, pace=pace) if LOOP == "native" else _serve_socket_blocking
+        await trio.to_thread.run_sync(
+            loop, sock, responder, boot_server, notify, stop, limiter=trio.CapacityLimiter(1)
+        )
 
 
 class _Enroller:

@@ -331,12 +331,17 @@ def test_the_fast_path_follows_the_object_cache(tmp_path: Path) -> None:
 # -- golden captures through the fast path
 
 
-@pytest.mark.parametrize(
+# every golden capture but the proxy ones (the fast path declines proxy mode), through both backends
+golden_cases = pytest.mark.parametrize(
     ("capture", "variant"),
     [c for c in CASES if c[1] != "proxy"],
     ids=[f"{p.stem}-{v}" if v else p.stem for p, v in CASES if v != "proxy"],
 )
-@pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
+both_fast_backends = pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
+
+
+@golden_cases
+@both_fast_backends
 def test_golden_capture_through_the_fast_path(capture: Path, variant: str, backend: ModuleType) -> None:
     data = capture.read_bytes()
     request = _wire_py.parse_untrusted(data)
@@ -442,12 +447,8 @@ def test_warming_stops_at_half_the_table(backend: ModuleType) -> None:
     assert compiled == 3 and len(fp.responder.entries) == 3
 
 
-@pytest.mark.parametrize(
-    ("capture", "variant"),
-    [c for c in CASES if c[1] != "proxy"],
-    ids=[f"{p.stem}-{v}" if v else p.stem for p, v in CASES if v != "proxy"],
-)
-@pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
+@golden_cases
+@both_fast_backends
 def test_golden_capture_through_the_warmed_fast_path(capture: Path, variant: str, backend: ModuleType) -> None:
     """Warmed with the capture's class before it arrives: the same bytes as the full path at once."""
     data = capture.read_bytes()
