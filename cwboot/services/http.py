@@ -662,7 +662,7 @@ class _Connection:
                 break
             pieces.append((os.fspath(path), offset, length))
         if self.binding is None:
-            self.binding = workers.bind(self.sock)
+            self.binding = Binding(self.sock)  # tied to a worker at its first job
         for job in jobs_of(pieces):
             sent, outcome = await workers.send(self.binding, job, self.engine.send_stall_timeout)
             stats.bytes_sent += sent

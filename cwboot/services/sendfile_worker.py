@@ -457,10 +457,6 @@ class SendfileWorkers:
         self._changed.set()
         self._changed = trio.Event()
 
-    def bind(self, sock: trio.socket.SocketType) -> Binding:
-        """A connection's binding: it is tied to a worker at its first body."""
-        return Binding(sock)
-
     def release(self, binding: Binding) -> None:
         """The connection is over: its worker closes its copy of the socket."""
         worker, binding.worker = binding.worker, None
