@@ -156,6 +156,9 @@ class StormReport:
     power: dict[str, Any] = field(default_factory=dict)
     # Target "head": the head's own counters at the end ({service: {drops: {reason: n}, ...}}).
     server_counters: dict[str, Any] = field(default_factory=dict)
+    # What the network did during the storm (``link_counters``): TCP retransmissions and
+    # retransmission timeouts per namespace, packets the kernel's backlog dropped (host-wide).
+    link_counters: dict[str, int] = field(default_factory=dict)
     node_results: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_json(self, *, with_nodes: bool = False) -> str:
@@ -197,6 +200,8 @@ class StormReport:
         }
         if self.server_counters:
             lines.append(f"  server drops {drops or 0}")
+        if self.link_counters:
+            lines.append("  network " + ", ".join(f"{k} {v}" for k, v in sorted(self.link_counters.items())))
         p = self.power
         if p:
             lines.append(
@@ -318,6 +323,50 @@ def _start_process(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], 
         _stop(proc)
         raise RuntimeError(f"{cmd[-1]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
     return proc, line
+
+
+def link_counters(pair: netns.NetnsPair | None) -> dict[str, int]:
+    """TCP retransmitted segments and retransmission timeouts in each namespace of the pair,
+    and packets dropped by the kernel's input backlog (all CPUs, host-wide: veth delivers
+    through it). A stalled transfer with timeouts here was the network's doing (RTO back-off),
+    not a server's. Empty on loopback (shared with everything else on the machine)."""
+    if pair is None:
+        return {}
+    out: dict[str, int] = {}
+    for side, ns in (("server", pair.server_ns), ("client", pair.client_ns)):
+        try:
+            text = subprocess.run(
+                ["ip", "netns", "exec", ns, "cat", "/proc/net/snmp", "/proc/net/netstat"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            continue
+        fields = _proc_net_fields(text)
+        out[f"{side} tcp retransmitted segments"] = fields.get(("Tcp", "RetransSegs"), 0)
+        out[f"{side} tcp timeouts"] = fields.get(("TcpExt", "TCPTimeouts"), 0)
+    try:
+        rows = Path("/proc/net/softnet_stat").read_text().split("\n")
+        out["backlog drops (host)"] = sum(int(r.split()[1], 16) for r in rows if r.strip())
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _proc_net_fields(text: str) -> dict[tuple[str, str], int]:
+    """/proc/net/snmp and /proc/net/netstat: pairs of lines "Proto: names" / "Proto: values"."""
+    out: dict[tuple[str, str], int] = {}
+    lines = text.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        proto, _, keys = names.partition(":")
+        vproto, _, vals = values.partition(":")
+        if proto != vproto:
+            continue
+        for k, v in zip(keys.split(), vals.split(), strict=False):
+            try:
+                out[(proto, k)] = int(v)
+            except ValueError:
+                continue
+    return out
 
 
 def _final_counters(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -477,6 +526,7 @@ async def _storm(
     source = netns.node_address(0, link.node_network())
     m = await prove_image(image_url, digests, source=source, make_socket=link.make_socket)
     meter = ProcessMeter(pids)
+    net_before = link_counters(link.pair)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(meter.run)
         power_on = None
@@ -495,6 +545,8 @@ async def _storm(
                 await head_power.done.wait()
         nursery.cancel_scope.cancel()
     report = _report(options, link, swarm, meter.result(), fl)
+    net_after = link_counters(link.pair)
+    report.link_counters = {k: v - net_before.get(k, 0) for k, v in net_after.items()}
     report.settings["image_chunks"] = len(m.chunks)
     report.settings["image_compressed_bytes"] = m.compressed_size
     if head_power is not None:
