@@ -66,6 +66,11 @@ TARGETS = ("head", "running", "dnsmasq")
 # "": all nodes at once (or launch_rate); "ipmi": cwboot's power service in this harness;
 # "head-api": the head under test, through its REST API (see StormOptions.power).
 POWER_MODES = ("", "ipmi", "head-api")
+# TcpExt counters the report keeps per namespace: retransmission timeouts (and the spurious
+# ones), and segments a receiver dropped (socket backlog full while the reader held the socket,
+# receive queue over its buffer, pruned).
+LINK_TCPEXT = ("TCPTimeouts", "TCPSpuriousRTOs", "TCPBacklogDrop", "TCPRcvQDrop", "PruneCalled",
+               "TCPOFODrop", "TCPZeroWindowDrop")  # fmt: skip
 # What the head may print after its ports line (its final counters) that the storm reads.
 MAX_FINAL_OUTPUT = 1 << 20
 
@@ -326,8 +331,8 @@ def _start_process(cmd: list[str], log: Path) -> tuple[subprocess.Popen[bytes], 
 
 
 def link_counters(pair: netns.NetnsPair | None) -> dict[str, int]:
-    """TCP retransmitted segments and retransmission timeouts in each namespace of the pair,
-    and packets dropped by the kernel's input backlog (all CPUs, host-wide: veth delivers
+    """TCP retransmitted segments, retransmission timeouts and receive-side drops
+    (``LINK_TCPEXT``) in each namespace of the pair, and packets dropped by the kernel's input backlog (all CPUs, host-wide: veth delivers
     through it). A stalled transfer with timeouts here was the network's doing (RTO back-off),
     not a server's. Empty on loopback (shared with everything else on the machine)."""
     if pair is None:
@@ -343,7 +348,9 @@ def link_counters(pair: netns.NetnsPair | None) -> dict[str, int]:
             continue
         fields = _proc_net_fields(text)
         out[f"{side} tcp retransmitted segments"] = fields.get(("Tcp", "RetransSegs"), 0)
-        out[f"{side} tcp timeouts"] = fields.get(("TcpExt", "TCPTimeouts"), 0)
+        for name in LINK_TCPEXT:
+            key = f"{side} tcp {name[3:] if name.startswith('TCP') else name}"
+            out[key] = fields.get(("TcpExt", name), 0)
     try:
         rows = Path("/proc/net/softnet_stat").read_text().split("\n")
         out["backlog drops (host)"] = sum(int(r.split()[1], 16) for r in rows if r.strip())

@@ -147,7 +147,9 @@ def test_bench_storm_cli_netns_shaped_link_with_baseline(tmp_path: Path) -> None
         # The shaping took effect: the unshaped veth pair moves these bytes ~50x faster.
         assert r["bytes_served"] * 8 / r["wall"] <= rate_bits * 1.1, r["wall"]
         # What the network did, from both namespaces' own counters.
-        assert {"server tcp timeouts", "client tcp retransmitted segments"} <= set(r["link_counters"])
+        assert {"server tcp Timeouts", "client tcp retransmitted segments", "client tcp BacklogDrop"} <= set(
+            r["link_counters"]
+        )
         assert r["link_counters"]["server tcp retransmitted segments"] >= 0
     assert reports["head"]["server_counters"]["http"]["requests"] >= 20 * 6
     assert doc["wall_ratio"] == pytest.approx(reports["head"]["wall"] / reports["dnsmasq"]["wall"])
