@@ -129,10 +129,12 @@ class HttpConfig:
     enabled: bool = True
     listen: str = "0.0.0.0"
     port: int = 8081
-    # Admission control: concurrent rootfs streams and chunk answers. A request beyond
-    # it queues (first come, first served) for up to max_wait seconds; past that, or
-    # with max_queued requests already waiting, it gets 503 + Retry-After.
-    max_streams: int = 256
+    # Admission control: concurrent bulk answers (rootfs streams and chunks, kernels,
+    # initramfs files). A request beyond it queues (first come, first served) for up to
+    # max_wait seconds; past that, or with max_queued requests already waiting, it gets
+    # 503 + Retry-After. 128: with 256, and kernels/initramfs outside the budget, a
+    # 1,000-node storm overflowed the nodes' receive queues (docs/storm.md, 2026-12-01).
+    max_streams: int = 128
     max_wait: float = 10.0
     max_queued: int = 8192
     # Worker processes that send bulk bodies (kernel, initramfs, chunks, streams) with

@@ -24,8 +24,8 @@ URL layout (``GET`` and ``HEAD`` unless noted; docs/images.md has the details):
 
 Every static answer has an ETag (content-addressed ids, or a hash of the
 manifest for streams) and honours If-None-Match (304) and single Range
-requests (206/416; cwboot.protocol.http_range). Streams and chunks count
-against ``http.max_streams``: beyond it a request queues, first come first
+requests (206/416; cwboot.protocol.http_range). Streams, chunks, kernels
+and initramfs files count against ``http.max_streams``: beyond it a request queues, first come first
 served, for up to ``http.max_wait`` seconds; only when that wait expires (or
 ``http.max_queued`` requests already wait) is the answer ``503`` with
 ``Retry-After`` (mount_rootfs waits that long plus jitter). Queueing keeps the
@@ -254,9 +254,13 @@ class _Engine:
                 return self._file(self.loader_dir / name, b"application/octet-stream")
             case ["boot", ("kernel" | "initramfs"), ref]:
                 found = self.images.file_path(ref)
-                return self._file(
+                reply = self._file(
                     found, b"application/octet-stream", etag_id=found.name if found else ""
                 )
+                # Under the stream budget too: a thousand nodes fetching 12 MiB each at once
+                # overflowed the nodes' receive queues (TCP drops, retransmission timeouts).
+                reply.bulk = True
+                return reply
             case ["images", name, version, ("stream" | "manifest" | "manifest.txt") as what]:
                 return self._image(name, version, what)
             case ["chunks", cid]:
