@@ -340,14 +340,22 @@ golden_cases = pytest.mark.parametrize(
 both_fast_backends = pytest.mark.parametrize("backend", BACKENDS, ids=["c-fast", "py-fast"])
 
 
-@golden_cases
-@both_fast_backends
-def test_golden_capture_through_the_fast_path(capture: Path, variant: str, backend: ModuleType) -> None:
+def golden_setup(
+    capture: Path, variant: str, backend: ModuleType
+) -> tuple[bytes, Any, NodeTable, BootPolicy, FastPath]:
+    """A capture, its parsed request, a node table that knows it (unless the NAK variant), the policy
+    and a fast path on ``backend``."""
     data = capture.read_bytes()
     request = _wire_py.parse_untrusted(data)
     lookup = table(request, seeded=variant != "nak")
     policy = BootPolicy(head_address="10.99.0.1", http_port=8081, router="10.99.0.1")
-    fast = FastPath(policy, lookup, backend=backend)
+    return data, request, lookup, policy, FastPath(policy, lookup, backend=backend)
+
+
+@golden_cases
+@both_fast_backends
+def test_golden_capture_through_the_fast_path(capture: Path, variant: str, backend: ModuleType) -> None:
+    data, request, lookup, policy, fast = golden_setup(capture, variant, backend)
     assert fast.respond(data) is None
     full, _ = full_path(policy, lookup, data)
     assert full is not None
@@ -451,11 +459,7 @@ def test_warming_stops_at_half_the_table(backend: ModuleType) -> None:
 @both_fast_backends
 def test_golden_capture_through_the_warmed_fast_path(capture: Path, variant: str, backend: ModuleType) -> None:
     """Warmed with the capture's class before it arrives: the same bytes as the full path at once."""
-    data = capture.read_bytes()
-    request = _wire_py.parse_untrusted(data)
-    lookup = table(request, seeded=variant != "nak")
-    policy = BootPolicy(head_address="10.99.0.1", http_port=8081, router="10.99.0.1")
-    fast = FastPath(policy, lookup, backend=backend)
+    data, request, lookup, policy, fast = golden_setup(capture, variant, backend)
     fast.warm([(request.mac, class_of(data))])
     out = fast.respond(data)
     full, _ = full_path(policy, lookup, data)
