@@ -171,6 +171,7 @@ class _Engine:
         report_status: ReportStatus | None,
         loader_dir: Path,
         send_stall_timeout: float = SEND_STALL_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.config = config
         self.send_stall_timeout = send_stall_timeout
@@ -191,7 +192,7 @@ class _Engine:
         self.stream_slots = trio.Semaphore(max(config.http.max_streams, 0))
         self._etags: dict[tuple[str, str], tuple[Manifest, bytes]] = {}
         self._chunk_paths: dict[str, str] = {}  # chunk id -> its file (existence is checked per request)
-        self.idle_timeout = IDLE_TIMEOUT
+        self.idle_timeout = idle_timeout
         # Connections waiting for a request (head or body): since when, and what a timeout is called.
         # One sweeper enforces the timeout: a cancel scope per request was a visible share of the loop.
         self.waiting: dict[_Connection, float] = {}
@@ -737,9 +738,8 @@ async def serve_http(
     bodies from that many worker processes (cwboot.services.sendfile_worker).
     """
     engine = _Engine(
-        config, lookup, image_store, heads, report_status, loader_dir, send_stall_timeout
+        config, lookup, image_store, heads, report_status, loader_dir, send_stall_timeout, idle_timeout
     )
-    engine.idle_timeout = idle_timeout
     raise_fd_limit()  # one socket per keep-alive connection: a storm is thousands
     if bulk_threads:
         engine.bulk_threads = trio.CapacityLimiter(bulk_threads)
